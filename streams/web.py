@@ -1,0 +1,101 @@
+"""The worker's own HTTP endpoint: health, Prometheus metrics and read-only SQL.
+
+In embedded mode the worker owns the chdb directory, so ``tracker query`` reaches the data through
+``POST /query`` here. It binds to loopback by default and refuses writes (ClickHouse readonly).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import mode
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tracker import readyfile
+from tracker.errors import WarehouseError
+from tracker.metrics import Metrics
+from tracker.warehouse.client import Warehouse
+
+log = logging.getLogger(__name__)
+
+MAX_SQL_BYTES = 64 * 1024
+
+
+def _dumps(body: Any) -> bytes:
+    return orjson.dumps(body, default=str)
+
+
+class WorkerWeb(mode.Service):
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        metrics: Metrics,
+        *,
+        host: str,
+        port: int,
+        ready_file: Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.warehouse = warehouse
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self.ready_file = ready_file
+        self._runner: web.AppRunner | None = None
+
+    def build(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_SQL_BYTES)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_view)
+        app.router.add_post("/query", self.query)
+        return app
+
+    async def on_start(self) -> None:
+        self._runner = web.AppRunner(self.build(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        log.info("event=worker_listening url=http://%s:%d", self.host, self.port)
+        if self.ready_file is not None:
+            readyfile.write(self.ready_file, url=f"http://{self.host}:{self.port}")
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics_view(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def query(self, request: web.Request) -> web.Response:
+        try:
+            sql = (await request.read()).decode("utf-8")
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"SQL exceeds {MAX_SQL_BYTES} bytes")
+        except UnicodeDecodeError:
+            return _error(400, "SQL must be UTF-8 text")
+        if not sql.strip():
+            return _error(400, "empty SQL")
+        try:
+            result = await self.warehouse.aquery(sql)
+        except WarehouseError as exc:
+            return _error(400, str(exc))
+        body = {"columns": result.columns, "rows": result.rows}
+        return web.Response(body=_dumps(body), content_type="application/json")
+
+
+def _error(status: int, detail: str) -> web.Response:
+    return web.Response(
+        status=status, body=_dumps({"error": detail}), content_type="application/json"
+    )

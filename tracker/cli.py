@@ -1,0 +1,131 @@
+"""The ``tracker`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from tracker.errors import BrokerError, TrackerError
+from tracker.settings import Settings
+
+log = logging.getLogger("tracker")
+
+
+def _bootstrap(settings: Settings) -> str:
+    """A named cluster, else the embedded broker's address (``tracker kafka`` / ``tracker up``)."""
+    return settings.kafka_bootstrap or f"127.0.0.1:{settings.kafka_port}"
+
+
+def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.kafka.broker import EmbeddedKafka
+
+    data_dir = args.data_dir or settings.data_dir / "kafka"
+    port = settings.kafka_port if args.port is None else args.port
+    kafka = EmbeddedKafka(
+        data_dir, port=port, kafka_home=settings.kafka_home, heap=settings.kafka_heap,
+        partitions=settings.topic_partitions,
+    )  # fmt: skip
+    kafka.start()
+    print(f"Kafka {kafka.bootstrap} ready in {kafka.start_seconds:.1f}s; data in {data_dir}")
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        return kafka.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        kafka.stop()
+
+
+def cmd_collector(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.collector.server import serve
+
+    port = settings.collector_port if args.port is None else args.port
+    asyncio.run(serve(settings, _bootstrap(settings), port=port, ready_file=args.ready_file))
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.worker import run
+
+    port = settings.worker_port if args.port is None else args.port
+    run(settings, _bootstrap(settings), port=port, ready_file=args.ready_file)
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.stack import Stack, describe
+
+    stack = Stack(settings)
+    try:
+        stack.start(collector_port=settings.collector_port, worker_port=settings.worker_port)
+        print(describe(stack), flush=True)
+        stack.wait()
+    finally:
+        print("Stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.querying import render, run_query
+
+    result = run_query(settings, args.sql)
+    print(render(result, args.format))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracker", description="Touchpoint Tracker: real-time customer journeys."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the whole pipeline on the embedded defaults")
+    p.set_defaults(func=cmd_up, process="up")
+
+    p = sub.add_parser("kafka", help="run the embedded development Kafka broker")
+    p.add_argument("--port", type=int, help="listener port (0 = any free port)")
+    p.add_argument("--data-dir", type=Path, help="log dirs (default <data_dir>/kafka)")
+    p.set_defaults(func=cmd_kafka, process="kafka")
+
+    for name, func, helptext in (
+        ("collector", cmd_collector, "run the HTTP collector"),
+        ("worker", cmd_worker, "run a stream worker"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--port", type=int, help="HTTP port (0 = any free port)")
+        p.add_argument("--ready-file", type=Path, help="write {url} here once listening")
+        p.set_defaults(func=func, process=name)
+
+    p = sub.add_parser("query", help="run a read-only SQL query on the warehouse")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(func=cmd_query, process="query")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tracker import logs
+
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"tracker: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, process=args.process)
+    try:
+        return int(args.func(settings, args))
+    except BrokerError as exc:
+        print(f"tracker: {exc}\n--- broker log ---\n{exc.log_tail}", file=sys.stderr)
+        return 1
+    except TrackerError as exc:
+        print(f"tracker: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HTTP collector: validates touchpoints and writes them to Kafka."""

@@ -1,0 +1,158 @@
+"""The collector's HTTP application: Segment-compatible ingest, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tracker.collector.ingest import ParsedBatch, Rejected, decode_body, parse_batch, parse_json
+from tracker.collector.publisher import Publisher, encode_groups
+from tracker.errors import UnavailableError, ValidationError
+from tracker.metrics import Metrics
+from tracker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SINGLE_TYPES = ("track", "page", "screen", "identify", "alias", "group")
+DEFAULT_SOURCE = "default"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def _error(status: int, reason: str, detail: str, **extra: Any) -> web.Response:
+    return _json(status, {"success": False, "error": {"reason": reason, "detail": detail}, **extra})
+
+
+class Collector:
+    def __init__(self, settings: Settings, publisher: Publisher, metrics: Metrics) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.metrics = metrics
+
+    def build(self) -> web.Application:
+        # Bodies may be compressed: the raw limit is the batch limit; decode_body bounds the rest.
+        app = web.Application(client_max_size=self.settings.max_batch_bytes)
+        app.router.add_post("/v1/batch", self.handle_batch)
+        for kind in SINGLE_TYPES:
+            app.router.add_post(f"/v1/{kind}", self._single(kind))
+        app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/metrics", self.handle_metrics)
+        return app
+
+    def _single(self, kind: str) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            return await self._ingest(request, single_type=kind)
+
+        return handler
+
+    async def handle_batch(self, request: web.Request) -> web.Response:
+        return await self._ingest(request, single_type=None)
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        ok = self.publisher.started
+        return _json(200 if ok else 503, {"status": "ok" if ok else "starting"})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _ingest(self, request: web.Request, *, single_type: str | None) -> web.Response:
+        started = time.perf_counter()
+        route = request.path
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        source = DEFAULT_SOURCE
+        response = await self._ingest_inner(request, single_type, source, request_id)
+        self.metrics.request_seconds.labels(route, str(response.status)).observe(
+            time.perf_counter() - started
+        )
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def _ingest_inner(
+        self, request: web.Request, single_type: str | None, source: str, request_id: str
+    ) -> web.Response:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.events_rejected.labels(source, "body_too_large").inc()
+            return _error(
+                413, "body_too_large", f"body exceeds {self.settings.max_batch_bytes} bytes"
+            )
+        received_at_ms = int(time.time() * 1000)
+        try:
+            body = decode_body(
+                raw,
+                request.headers.get("Content-Encoding", ""),
+                limit=self.settings.max_batch_bytes,
+            )
+            payload = parse_json(body)
+            parsed = parse_batch(
+                payload,
+                source=source,
+                received_at_ms=received_at_ms,
+                max_message_bytes=self.settings.max_message_bytes,
+                single_type=single_type,
+            )
+        except ValidationError as exc:
+            self.metrics.events_rejected.labels(source, exc.reason).inc()
+            log.info("event=body_rejected request_id=%s reason=%s", request_id, exc.reason)
+            status = 413 if exc.reason == "body_too_large" else 400
+            return _error(status, exc.reason, exc.detail)
+
+        total = len(parsed.records) + len(parsed.rejected)
+        self.metrics.events_received.labels(source).inc(total)
+        try:
+            await self._publish(parsed, source, received_at_ms)
+        except UnavailableError as exc:
+            self.metrics.kafka_unavailable.inc()
+            log.warning("event=kafka_unavailable request_id=%s error=%s", request_id, exc)
+            return _json(
+                503,
+                {"success": False, "error": {"reason": "unavailable", "detail": str(exc)}},
+                headers={"Retry-After": str(int(exc.retry_after))},
+            )
+        for record in parsed.records:
+            self.metrics.events_accepted.labels(source, record["type"]).inc()
+        for rej in parsed.rejected:
+            self.metrics.events_rejected.labels(source, rej.reason).inc()
+        if parsed.records:
+            self.metrics.batch_size.observe(len(parsed.records))
+        rejected = [r.as_json() for r in parsed.rejected]
+        if not parsed.records:
+            first = parsed.rejected[0]
+            return _error(400, first.reason, first.detail, rejected=rejected)
+        body: dict[str, Any] = {"success": True}
+        if rejected:
+            body["accepted"] = len(parsed.records)
+            body["rejected"] = rejected
+        return _json(200, body)
+
+    async def _publish(self, parsed: ParsedBatch, source: str, received_at_ms: int) -> None:
+        topic = self.settings.topic_touchpoints
+        await self.publisher.publish(topic, encode_groups(parsed.records))
+        if parsed.rejected:
+            dead = [_dead_letter(r, source, received_at_ms) for r in parsed.rejected]
+            await self.publisher.publish(self.settings.topic_deadletter, dead)
+
+
+def _dead_letter(rejected: Rejected, source: str, received_at_ms: int) -> tuple[None, bytes]:
+    return None, orjson.dumps(
+        {
+            "reason": rejected.reason,
+            "detail": rejected.detail,
+            "index": rejected.index,
+            "source": source,
+            "received_at_ms": received_at_ms,
+            "message": rejected.message,
+        }
+    )

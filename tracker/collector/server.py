@@ -1,0 +1,64 @@
+"""Runs the collector: topics, the Kafka producer and the HTTP server, until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from tracker import readyfile
+from tracker.collector.app import Collector
+from tracker.collector.publisher import Publisher
+from tracker.kafka.client import ensure_topics
+from tracker.metrics import Metrics
+from tracker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    port: int,
+    ready_file: Path | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    stop = stop or _stop_on_signals()
+    await ensure_topics(
+        settings, bootstrap, [settings.topic_touchpoints, settings.topic_deadletter]
+    )
+    publisher = Publisher(settings, bootstrap)
+    await publisher.start()
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    collector = Collector(settings, publisher, Metrics(registry))
+    # auto_decompress=False: the collector inflates bodies itself, with a hard output limit.
+    runner = web.AppRunner(collector.build(), auto_decompress=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.collector_host, port)
+        await site.start()
+        assert site._server is not None
+        bound = int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        url = f"http://{settings.collector_host}:{bound}"
+        log.info("event=collector_listening url=%s topic=%s", url, settings.topic_touchpoints)
+        if ready_file is not None:
+            readyfile.write(ready_file, url=url)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await publisher.stop()
+        log.info("event=collector_stopped")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,1 @@
+"""Kafka plumbing: the embedded development broker, client settings and topic creation."""

@@ -1,0 +1,75 @@
+"""One settings object, read once at start-up from ``TRACKER_*`` environment variables.
+
+Every process (collector, worker, CLI) builds a :class:`Settings` in ``main`` and passes it down;
+no module reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRACKER_", frozen=True, extra="ignore")
+
+    # Where local state lives: the embedded broker's log dirs, the chdb warehouse, run files.
+    data_dir: Path = Path(".tracker-data")
+
+    # Kafka. Empty bootstrap = start the embedded development broker.
+    kafka_bootstrap: str = ""
+    kafka_port: int = Field(default=19092, ge=0, le=65535)
+    kafka_home: Path = REPO_ROOT / "deploy" / "kafka"
+    kafka_heap: str = "512m"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+
+    topic_touchpoints: str = "touchpoints"
+    topic_deadletter: str = "touchpoints-deadletter"
+    topic_partitions: int = Field(default=4, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
+
+    # ClickHouse. Empty URL = embedded chdb engine in <data_dir>/clickhouse.
+    clickhouse_url: SecretStr = SecretStr("")
+    clickhouse_database: str = Field(default="tracker", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    # Collector.
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=8080, ge=0, le=65535)
+    max_batch_bytes: int = Field(default=500 * 1024, ge=1024)
+    max_message_bytes: int = Field(default=32 * 1024, ge=256)
+    produce_timeout: float = Field(default=10.0, gt=0)
+
+    # Worker.
+    app_id: str = "touchpoint-tracker"
+    worker_host: str = "127.0.0.1"
+    worker_port: int = Field(default=8081, ge=0, le=65535)
+    sink_max_rows: int = Field(default=20_000, ge=1)
+    sink_max_seconds: float = Field(default=0.5, gt=0)
+    sink_retry_max_seconds: float = Field(default=30.0, gt=0)
+
+    log_level: str = "info"
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.clickhouse_url.get_secret_value()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        url = self.clickhouse_url.get_secret_value()
+        return url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def run_file(self) -> Path:
+        """Where a running pipeline records its endpoints, for ``tracker query``."""
+        return self.data_dir / "run.json"

@@ -1,0 +1,1 @@
+"""ClickHouse: one code path for the embedded chdb engine and a ClickHouse server."""
