@@ -1,0 +1,1 @@
+"""Journey definitions and the rules that move customers through them."""

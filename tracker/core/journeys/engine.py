@@ -1,0 +1,254 @@
+"""The journey rules (docs/journeys.md states them; this module is their implementation).
+
+The engine recomputes a customer's results from the customer's whole (bounded) history whenever
+the history or the clock changes, and emits the difference to what it emitted before. So the
+results never depend on arrival order: whatever order touchpoints and links came in, once they are
+all in, the emitted results sum to those of the complete history.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracker.core.journeys.definition import Journey
+from tracker.core.journeys.results import Conversion, DropOff, Recovery, Result, StageEntered
+
+NEVER = 2**62
+
+
+@dataclass(slots=True)
+class Touchpoint:
+    """The part of a touchpoint record the rules look at."""
+
+    t: int  # event time, ms
+    message_id: str
+    type: str
+    event: str
+    channel: str
+    path: str
+    properties: Mapping[str, Any]
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.t, self.message_id)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Touchpoint:
+        props = record.get("properties") or {}
+        page = (record.get("context") or {}).get("page") or {}
+        path = props.get("path") if isinstance(props.get("path"), str) else page.get("path")
+        return cls(
+            t=int(record["event_time_ms"]),
+            message_id=str(record["message_id"]),
+            type=str(record["type"]),
+            event=str(record["event"]),
+            channel=str(record["channel"]),
+            path=path if isinstance(path, str) else "",
+            properties=props,
+        )
+
+
+@dataclass(slots=True)
+class _Open:
+    start: int
+    instance: str
+    level: int  # 1-based index of the stage reached
+    entered_at: int
+    deadline: int
+    expires: int
+    dropped_at: int | None = None
+    pain: list[str] = field(default_factory=list)
+    love: list[str] = field(default_factory=list)
+
+
+def evaluate(journey: Journey, customer: str, history: list[Touchpoint], now: int) -> list[Result]:
+    """Rules 3-5 over one customer's history (sorted by event time, then messageId), as of ``now``.
+
+    ``now`` is the processing-time clock: deadlines that have not passed it yet produce nothing.
+    """
+    out: list[Result] = []
+    stages = journey.stages
+    last_level = len(stages)
+    inst: _Open | None = None
+    last: Touchpoint | None = None
+
+    def pass_time(inst: _Open, t: int) -> _Open | None:
+        # A deadline passes when time goes strictly beyond it.
+        if inst.dropped_at is None and t > inst.deadline:
+            stage = stages[inst.level - 1]
+            out.append(
+                DropOff(
+                    journey.name,
+                    customer,
+                    inst.instance,
+                    stage.name,
+                    inst.level,
+                    inst.entered_at,
+                    inst.deadline,
+                    inst.deadline == inst.expires,
+                    last.event if last else "",
+                    last.channel if last else "",
+                    tuple(inst.pain),
+                    tuple(inst.love),
+                )
+            )
+            inst.dropped_at = inst.deadline
+        return None if t > inst.expires else inst
+
+    def deadline(level: int, entered: int, expires: int) -> int:
+        timeout = stages[level - 1].timeout_ms
+        return expires if timeout is None else min(entered + timeout, expires)
+
+    for tp in history:
+        if inst is not None:
+            inst = pass_time(inst, tp.t)
+        if inst is None:
+            if stages[0].match.matches(tp):
+                expires = tp.t + journey.window_ms
+                inst = _Open(
+                    start=tp.t,
+                    instance=f"{tp.t}:{tp.message_id}",
+                    level=1,
+                    entered_at=tp.t,
+                    deadline=deadline(1, tp.t, expires),
+                    expires=expires,
+                )
+                out.append(
+                    StageEntered(
+                        journey.name,
+                        customer,
+                        inst.instance,
+                        stages[0].name,
+                        1,
+                        tp.t,
+                        tp.message_id,
+                        tp.channel,
+                    )
+                )
+            last = tp
+            continue
+        if inst.dropped_at is None:
+            inst.pain.extend(s.name for s in journey.pain if s.match.matches(tp))
+            inst.love.extend(s.name for s in journey.love if s.match.matches(tp))
+        nxt = stages[inst.level]
+        if nxt.match.matches(tp):
+            if inst.dropped_at is not None:
+                out.append(
+                    Recovery(
+                        journey.name,
+                        customer,
+                        inst.instance,
+                        stages[inst.level - 1].name,
+                        inst.level,
+                        inst.dropped_at,
+                        tp.t,
+                    )
+                )
+            inst.level += 1
+            out.append(
+                StageEntered(
+                    journey.name,
+                    customer,
+                    inst.instance,
+                    nxt.name,
+                    inst.level,
+                    tp.t,
+                    tp.message_id,
+                    tp.channel,
+                )
+            )
+            if inst.level == last_level:
+                out.append(
+                    Conversion(journey.name, customer, inst.instance, inst.start, tp.t, tp.channel)
+                )
+                inst = None
+            else:
+                inst.entered_at = tp.t
+                inst.deadline = deadline(inst.level, tp.t, inst.expires)
+                inst.dropped_at = None
+                inst.pain.clear()
+                inst.love.clear()
+        last = tp
+    if inst is not None:
+        pass_time(inst, now)
+    return out
+
+
+def next_deadline(journey: Journey, history: list[Touchpoint], now: int) -> int | None:
+    """The earliest drop-off deadline not yet passed at ``now``: when a timer must look again.
+
+    Evaluating as of the far future lists every drop-off the history leads to if nothing else
+    arrives; the first one at or after ``now`` is the next to come due.
+    """
+    due = [
+        r.at
+        for r in evaluate(journey, "", history, NEVER)
+        if isinstance(r, DropOff) and r.at >= now
+    ]
+    return min(due) if due else None
+
+
+@dataclass
+class CustomerState:
+    """Everything the engine keeps for one customer."""
+
+    customer: str
+    history: list[Touchpoint] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    emitted: Counter[Result] = field(default_factory=Counter)
+
+
+Change = tuple[int, Result]  # (+1 | -1, result)
+
+
+class JourneyEngine:
+    """Applies the rules to customer states: ingest, clock ticks and identity merges."""
+
+    def __init__(self, journeys: Iterable[Journey], *, lateness_ms: int) -> None:
+        self.journeys = tuple(journeys)
+        self.lateness_ms = lateness_ms
+
+    def is_late(self, tp: Touchpoint, now: int) -> bool:
+        """Rule 6: data arriving more than L after its event time stays out of journeys."""
+        return tp.t < now - self.lateness_ms
+
+    def add(self, state: CustomerState, tps: Iterable[Touchpoint]) -> int:
+        """Insert touchpoints in order; duplicates (same messageId) count once. Returns #added."""
+        added = 0
+        for tp in tps:
+            if tp.message_id in state.seen:
+                continue
+            state.seen.add(tp.message_id)
+            bisect.insort(state.history, tp, key=lambda x: x.order)
+            added += 1
+        return added
+
+    def results(self, state: CustomerState, now: int) -> Counter[Result]:
+        out: Counter[Result] = Counter()
+        for journey in self.journeys:
+            out.update(evaluate(journey, state.customer, state.history, now))
+        return out
+
+    def settle(self, state: CustomerState, now: int) -> list[Change]:
+        """Recompute as of ``now`` and return the corrections that make ``emitted`` right."""
+        new = self.results(state, now)
+        changes: list[Change] = [(-1, r) for r in (state.emitted - new).elements()]
+        changes += [(+1, r) for r in (new - state.emitted).elements()]
+        state.emitted = new
+        return changes
+
+    def retract_all(self, state: CustomerState) -> list[Change]:
+        """Withdraw everything emitted for ``state`` (its customer key is going away)."""
+        changes: list[Change] = [(-1, r) for r in state.emitted.elements()]
+        state.emitted = Counter()
+        return changes
+
+    def next_deadline(self, state: CustomerState, now: int) -> int | None:
+        deadlines = [
+            d for j in self.journeys if (d := next_deadline(j, state.history, now)) is not None
+        ]
+        return min(deadlines) if deadlines else None
