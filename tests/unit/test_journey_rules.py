@@ -235,3 +235,21 @@ journeys:
     with pytest.raises(ConfigError) as info:
         loads(text, origin="j.yaml")
     assert str(info.value).startswith("j.yaml:6: journeys[0].stages[0].timeout:")
+
+
+def test_the_shipped_example_journeys_load() -> None:
+    from tracker.core.journeys.definition import load
+    from tracker.settings import REPO_ROOT
+
+    journeys = load(REPO_ROOT / "deploy" / "journeys.example.yaml")
+    assert [j.name for j in journeys] == [
+        "ecommerce_purchase", "ecommerce_delivery", "banking_account_opening",
+        "telecom_plan_change", "hospitality_stay",
+    ]  # fmt: skip
+    shop = journeys[0]
+    assert (shop.window_ms, [s.timeout_ms for s in shop.stages]) == (
+        2 * 86_400_000, [30 * MIN, 120 * MIN, 20 * MIN, None],
+    )  # fmt: skip
+    page = Touchpoint(0, "m", "page", "Product X", "web", "/p/x", {})
+    assert shop.stages[0].match.matches(page)
+    assert not shop.stages[0].match.matches(Touchpoint(0, "m", "track", "Product X", "web", "", {}))
