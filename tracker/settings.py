@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=500 * 1024, ge=1024)
     max_message_bytes: int = Field(default=32 * 1024, ge=256)
     produce_timeout: float = Field(default=10.0, gt=0)
+    # Who may send (write keys, browser origins, rate limits); unset = open development mode.
+    sources_file: Path | None = None
 
     # Worker.
     app_id: str = "touchpoint-tracker"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 import uuid
@@ -12,7 +13,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tracker.collector.ingest import ParsedBatch, Rejected, decode_body, parse_batch, parse_json
+from tracker.collector.openapi import OPENAPI
 from tracker.collector.publisher import Publisher, encode_groups
+from tracker.collector.sources import Source, Sources
 from tracker.errors import UnavailableError, ValidationError
 from tracker.metrics import Metrics
 from tracker.settings import Settings
@@ -20,7 +23,12 @@ from tracker.settings import Settings
 log = logging.getLogger(__name__)
 
 SINGLE_TYPES = ("track", "page", "screen", "identify", "alias", "group")
-DEFAULT_SOURCE = "default"
+UNKNOWN_SOURCE = "unknown"  # the metrics label for requests no source could be found for
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Request-Id",
+    "Access-Control-Max-Age": "600",
+}
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -34,10 +42,13 @@ def _error(status: int, reason: str, detail: str, **extra: Any) -> web.Response:
 
 
 class Collector:
-    def __init__(self, settings: Settings, publisher: Publisher, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, publisher: Publisher, metrics: Metrics, sources: Sources
+    ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.metrics = metrics
+        self.sources = sources
 
     def build(self) -> web.Application:
         # Bodies may be compressed: the raw limit is the batch limit; decode_body bounds the rest.
@@ -45,9 +56,32 @@ class Collector:
         app.router.add_post("/v1/batch", self.handle_batch)
         for kind in SINGLE_TYPES:
             app.router.add_post(f"/v1/{kind}", self._single(kind))
+        app.router.add_route("OPTIONS", "/v1/{kind}", self.handle_preflight)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_get("/openapi.json", self.handle_openapi)
+        app.on_response_prepare.append(self._cors)
         return app
+
+    async def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if (
+            origin
+            and request.path.startswith("/v1/")
+            and self.sources.origin_allowed_anywhere(origin)
+        ):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers.update(CORS_HEADERS)
+
+    async def handle_preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin", "")
+        if not self.sources.origin_allowed_anywhere(origin):
+            return _error(403, "origin_not_allowed", f"origin {origin!r} may not send events")
+        return web.Response(status=204)
+
+    async def handle_openapi(self, request: web.Request) -> web.Response:
+        return _json(200, OPENAPI)
 
     def _single(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
@@ -70,8 +104,7 @@ class Collector:
         started = time.perf_counter()
         route = request.path
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
-        source = DEFAULT_SOURCE
-        response = await self._ingest_inner(request, single_type, source, request_id)
+        response = await self._ingest_inner(request, single_type, request_id)
         self.metrics.request_seconds.labels(route, str(response.status)).observe(
             time.perf_counter() - started
         )
@@ -79,12 +112,17 @@ class Collector:
         return response
 
     async def _ingest_inner(
-        self, request: web.Request, single_type: str | None, source: str, request_id: str
+        self, request: web.Request, single_type: str | None, request_id: str
     ) -> web.Response:
+        header_key = basic_auth_user(request.headers.get("Authorization", ""))
+        source = self.sources.for_key(header_key) if header_key else None
+        if header_key and source is None:
+            return self._unauthorized()
+        label = source.name if source else UNKNOWN_SOURCE
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            self.metrics.events_rejected.labels(source, "body_too_large").inc()
+            self.metrics.events_rejected.labels(label, "body_too_large").inc()
             return _error(
                 413, "body_too_large", f"body exceeds {self.settings.max_batch_bytes} bytes"
             )
@@ -96,19 +134,60 @@ class Collector:
                 limit=self.settings.max_batch_bytes,
             )
             payload = parse_json(body)
+            if source is None:
+                body_key = payload.get("writeKey") if isinstance(payload, dict) else None
+                source = self.sources.for_key(body_key if isinstance(body_key, str) else None)
+                if source is None:
+                    return self._unauthorized()
+            denied = self._check_origin_and_rate(request, source, payload, single_type)
+            if denied is not None:
+                return denied
             parsed = parse_batch(
                 payload,
-                source=source,
+                source=source.name,
                 received_at_ms=received_at_ms,
                 max_message_bytes=self.settings.max_message_bytes,
                 single_type=single_type,
             )
         except ValidationError as exc:
-            self.metrics.events_rejected.labels(source, exc.reason).inc()
+            label = source.name if source else UNKNOWN_SOURCE
+            self.metrics.events_rejected.labels(label, exc.reason).inc()
             log.info("event=body_rejected request_id=%s reason=%s", request_id, exc.reason)
             status = 413 if exc.reason == "body_too_large" else 400
             return _error(status, exc.reason, exc.detail)
+        return await self._accept(parsed, source.name, received_at_ms, request_id)
 
+    def _unauthorized(self) -> web.Response:
+        self.metrics.events_rejected.labels(UNKNOWN_SOURCE, "unauthorized").inc()
+        return _json(
+            401,
+            {"success": False, "error": {"reason": "unauthorized", "detail": "unknown write key"}},
+            headers={"WWW-Authenticate": 'Basic realm="touchpoints"'},
+        )
+
+    def _check_origin_and_rate(
+        self, request: web.Request, source: Source, payload: Any, single_type: str | None
+    ) -> web.Response | None:
+        origin = request.headers.get("Origin")
+        if origin and not source.allows_origin(origin):
+            self.metrics.events_rejected.labels(source.name, "origin_not_allowed").inc()
+            return _error(403, "origin_not_allowed", f"origin {origin!r} may not send events")
+        batch = payload.get("batch") if isinstance(payload, dict) else None
+        messages = 1 if single_type or not isinstance(batch, list) else max(1, len(batch))
+        wait = source.admit(messages)
+        if wait:
+            self.metrics.events_rejected.labels(source.name, "rate_limited").inc(messages)
+            return _json(
+                429,
+                {"success": False, "error": {"reason": "rate_limited",
+                 "detail": f"source {source.name} is over its rate limit"}},
+                headers={"Retry-After": str(wait)},
+            )  # fmt: skip
+        return None
+
+    async def _accept(
+        self, parsed: ParsedBatch, source: str, received_at_ms: int, request_id: str
+    ) -> web.Response:
         total = len(parsed.records) + len(parsed.rejected)
         self.metrics.events_received.labels(source).inc(total)
         try:
@@ -156,3 +235,15 @@ def _dead_letter(rejected: Rejected, source: str, received_at_ms: int) -> tuple[
             "message": rejected.message,
         }
     )
+
+
+def basic_auth_user(header: str) -> str | None:
+    """The username of an HTTP Basic ``Authorization`` header (Segment's write key), if any."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except ValueError:
+        return None
+    return decoded.partition(":")[0] or None

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from tracker import readyfile
 from tracker.collector.app import Collector
 from tracker.collector.publisher import Publisher
+from tracker.collector.sources import Sources
 from tracker.kafka.client import ensure_topics
 from tracker.metrics import Metrics
 from tracker.settings import Settings
@@ -29,6 +30,9 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     stop = stop or _stop_on_signals()
+    sources = Sources.load(settings.sources_file)
+    if sources.is_open:
+        log.warning("event=open_mode detail=no_sources_file_any_write_key_is_accepted")
     await ensure_topics(
         settings, bootstrap, [settings.topic_touchpoints, settings.topic_deadletter]
     )
@@ -36,7 +40,7 @@ async def serve(
     await publisher.start()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
-    collector = Collector(settings, publisher, Metrics(registry))
+    collector = Collector(settings, publisher, Metrics(registry), sources)
     # auto_decompress=False: the collector inflates bodies itself, with a hard output limit.
     runner = web.AppRunner(collector.build(), auto_decompress=False, access_log=None)
     await runner.setup()
