@@ -1,20 +1,16 @@
-"""The Faust app: consumes touchpoint messages and hands them to the ClickHouse sink.
-
-Offsets are acknowledged (and so committed) only after the batch they carried was written.
-``noack_take`` gives us the events un-acknowledged; we ack them ourselves after the write.
-"""
+"""The Faust app of a worker: its settings, and the journey agents (``streams/journeys.py``)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import faust
-import orjson
 
+from streams.journeys import JourneyAgents
+from tracker.core.journeys.engine import JourneyEngine
 from tracker.metrics import Metrics
 from tracker.settings import Settings
-from tracker.warehouse.sink import TouchpointSink, touchpoint_row
+from tracker.warehouse.sink import TableSink
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +19,14 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
-def decode_rows(value: bytes, partition: int, offset: int) -> list[list[Any]]:
-    """The rows of one Kafka message: a JSON array of touchpoint records."""
-    records = orjson.loads(value)
-    if not isinstance(records, list):
-        raise ValueError("message value is not a JSON array")
-    return [touchpoint_row(record, partition, offset) for record in records]
-
-
 def create_app(
-    settings: Settings, bootstrap: str, *, sink: TouchpointSink, metrics: Metrics
+    settings: Settings,
+    bootstrap: str,
+    *,
+    sink: TableSink,
+    results_sink: TableSink,
+    engine: JourneyEngine,
+    metrics: Metrics,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -47,32 +41,15 @@ def create_app(
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
         producer_acks=-1,
+        table_standby_replicas=0,
+        broker_session_timeout=settings.worker_session_timeout,
+        # Events waiting in a noack_take buffer when a rebalance starts are dropped by faust and
+        # never acked, so waiting for every event to be acked can hang the rebalance for good.
+        # They are not committed either: the partition's next owner reads them again.
+        stream_wait_empty=False,
+        broker_heartbeat_interval=settings.worker_session_timeout / 4,
     )
-    topic = app.topic(
-        settings.topic_touchpoints,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+    JourneyAgents(
+        app, settings, engine, touchpoint_sink=sink, results_sink=results_sink, metrics=metrics
     )
-
-    @app.agent(topic, name="touchpoints-sink")
-    async def sink_touchpoints(stream: faust.StreamT[Any]) -> None:
-        async for events in stream.noack_take(settings.sink_max_rows, settings.sink_max_seconds):
-            rows: list[list[Any]] = []
-            for event in events:
-                message = event.message
-                try:
-                    rows.extend(decode_rows(message.value, message.partition, message.offset))
-                except (ValueError, KeyError, TypeError) as exc:
-                    metrics.undecodable.inc()
-                    log.warning(
-                        "event=undecodable_message partition=%s offset=%s error=%r",
-                        message.partition, message.offset, exc,
-                    )  # fmt: skip
-            metrics.events_consumed.inc(len(rows))
-            await sink.write(rows)
-            for event in events:
-                await stream.ack(event)
-
     return app

@@ -11,18 +11,26 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from streams.app import create_app
 from streams.web import WorkerWeb
+from tracker.core.journeys.codec import RESULT_COLUMNS
+from tracker.core.journeys.definition import load as load_journeys
+from tracker.core.journeys.definition import parse_duration_ms
+from tracker.core.journeys.engine import JourneyEngine
+from tracker.errors import ConfigError
 from tracker.kafka.client import ensure_topics
 from tracker.metrics import Metrics
 from tracker.settings import Settings
 from tracker.warehouse.client import Warehouse
 from tracker.warehouse.schema import migrate
-from tracker.warehouse.sink import TouchpointSink
+from tracker.warehouse.sink import TOUCHPOINT_COLUMNS, TableSink
 
 log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | None = None) -> None:
     """Block until the worker is stopped (SIGINT/SIGTERM); acked offsets are committed on stop."""
+    journeys = load_journeys(settings.journeys_file)
+    log.info("event=journeys_loaded file=%s journeys=%s", settings.journeys_file,
+             ",".join(j.name for j in journeys))  # fmt: skip
     asyncio.run(
         ensure_topics(settings, bootstrap, [settings.topic_touchpoints, settings.topic_deadletter])
     )
@@ -32,8 +40,21 @@ def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | Non
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     metrics = Metrics(registry)
-    sink = TouchpointSink(warehouse, metrics, retry_max_seconds=settings.sink_retry_max_seconds)
-    app = create_app(settings, bootstrap, sink=sink, metrics=metrics)
+    retry = settings.sink_retry_max_seconds
+    sink = TableSink(
+        warehouse, metrics, table="touchpoints", columns=TOUCHPOINT_COLUMNS, retry_max_seconds=retry
+    )
+    results_sink = TableSink(
+        warehouse, metrics, table="journey_results", columns=RESULT_COLUMNS, retry_max_seconds=retry
+    )
+    try:
+        lateness_ms = parse_duration_ms(settings.allowed_lateness)
+    except ValueError as exc:
+        raise ConfigError(f"TRACKER_ALLOWED_LATENESS: {exc}", field="allowed_lateness") from None
+    engine = JourneyEngine(journeys, lateness_ms=lateness_ms)
+    app = create_app(
+        settings, bootstrap, sink=sink, results_sink=results_sink, engine=engine, metrics=metrics
+    )
     web = WorkerWeb(warehouse, metrics, host=settings.worker_host, port=port, ready_file=ready_file)
     worker = faust.Worker(
         app,

@@ -6,6 +6,9 @@ Durations are in seconds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -93,3 +96,35 @@ class Metrics:
             "Rows waiting to be written.",
             registry=registry,
         )
+        # Journeys.
+        self.journey_results = Counter(
+            "tracker_journey_results_total",
+            "Journey results emitted (stage entries, drop-offs, recoveries, conversions).",
+            ["journey", "kind", "stage"],
+            registry=registry,
+        )
+        self.journey_corrections = Counter(
+            "tracker_journey_corrections_total",
+            "Journey results withdrawn because later data changed them.",
+            ["journey", "kind"],
+            registry=registry,
+        )
+        self.late_events = Counter(
+            "tracker_late_events_total",
+            "Touchpoints that arrived later than the allowed lateness; left out of journeys.",
+            registry=registry,
+        )
+        self.identity_merges = Counter(
+            "tracker_identity_merges_total",
+            "Customers folded into another customer by an identity link.",
+            registry=registry,
+        )
+
+    def observe_changes(self, changes: Iterable[tuple[int, Any]]) -> None:
+        for sign, result in changes:
+            kind = type(result).__name__
+            if sign > 0:
+                stage = getattr(result, "stage", "")
+                self.journey_results.labels(result.journey, kind, stage).inc()
+            else:
+                self.journey_corrections.labels(result.journey, kind).inc()

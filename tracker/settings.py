@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     sink_max_seconds: float = Field(default=0.5, gt=0)
     sink_retry_max_seconds: float = Field(default=30.0, gt=0)
 
+    # Journeys.
+    journeys_file: Path = REPO_ROOT / "deploy" / "journeys.example.yaml"
+    allowed_lateness: str = "1h"  # later touchpoints are stored raw but left out of journeys
+    timer_interval: float = Field(default=0.25, gt=0, le=1.0)
+    # How long a crashed worker keeps its partitions before the group hands them on.
+    worker_session_timeout: float = Field(default=10.0, ge=6.0)
+
     log_level: str = "info"
 
     @property

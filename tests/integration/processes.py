@@ -54,7 +54,9 @@ class Process:
                 self.ready_file, timeout=timeout, alive=lambda: self.proc.poll() is None
             )
         except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"{self.command} did not start: {exc}\n{self.output()}") from None
+            output = self.output()
+            self.stop()
+            raise AssertionError(f"{self.command} did not start: {exc}\n{output}") from None
         self.url = info["url"]
         return self
 

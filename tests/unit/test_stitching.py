@@ -51,6 +51,14 @@ def test_customer_key_is_the_user_id_of_the_latest_link_in_any_order() -> None:
         assert ids.key("stranger") == "stranger"
 
 
+def test_add_reports_every_id_whose_key_changed() -> None:
+    ids = Identities()
+    assert ids.add(Link("a1", "u1", 1, "l1")) == [("a1", "u1")]
+    assert ids.add(Link("a2", "u1", 2, "l2")) == [("a2", "u1")]
+    assert ids.add(Link("a1", "u1", 0, "l0")) == []  # nothing new
+    assert ids.add(Link("u1", "u2", 3, "l3")) == [("a1", "u2"), ("a2", "u2"), ("u1", "u2")]
+
+
 @given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 3), st.integers(0, 50)), max_size=12),
        st.randoms(use_true_random=False))  # fmt: skip
 def test_identity_keys_do_not_depend_on_link_order(

@@ -42,6 +42,7 @@ class Identities:
     def __init__(self) -> None:
         self._parent: dict[str, str] = {}
         self._latest: dict[str, Link] = {}  # root -> the component's most recent link
+        self._members: dict[str, set[str]] = {}  # root -> every id of the component
 
     def _find(self, x: str) -> str:
         parent = self._parent
@@ -52,19 +53,22 @@ class Identities:
             parent[x], x = root, parent[x]
         return root
 
-    def add(self, link: Link) -> None:
+    def add(self, link: Link) -> list[tuple[str, str]]:
+        """Add a link; return ``(id, new key)`` for every id whose customer key changed."""
         a, b = self._find(link.from_id), self._find(link.user_id)
+        members = self._members.pop(a, {a}) | self._members.pop(b, {b})
+        before = {m: self.key(m) for m in members}
         known = [k for k in (self._latest.get(a), self._latest.get(b), link) if k is not None]
         newest = max(known, key=lambda k: k.order)
-        if a != b:
-            # Union by name keeps the result independent of the order links arrive in.
-            root, child = (a, b) if a < b else (b, a)
+        # Union by name keeps the result independent of the order links arrive in.
+        root, child = (a, b) if a <= b else (b, a)
+        if child != root:
             self._parent[child] = root
             self._latest.pop(child, None)
-        else:
-            root = a
         self._parent.setdefault(root, root)
         self._latest[root] = newest
+        self._members[root] = members
+        return [(m, newest.user_id) for m in sorted(members) if before[m] != newest.user_id]
 
     def key(self, any_id: str) -> str:
         """The customer key of ``any_id``."""

@@ -42,8 +42,39 @@ PARTITION BY toYYYYMM(timestamp)
 ORDER BY (toDate(timestamp), message_id)
 """
 
+# The journey engine's current results, one row per result key. A result that is withdrawn is
+# written again with is_deleted = 1 and a higher version; FINAL keeps the newest version and drops
+# deleted keys, so count() FINAL is right at any moment, also after workers re-process input.
+JOURNEY_RESULTS = """
+CREATE TABLE IF NOT EXISTS {db}.journey_results (
+    journey         LowCardinality(String),
+    kind            LowCardinality(String),
+    customer        String,
+    instance        String,
+    instance_start  DateTime64(3, 'UTC'),
+    stage           LowCardinality(String),
+    level           UInt8,
+    at              DateTime64(3, 'UTC'),
+    since           DateTime64(3, 'UTC'),
+    duration_ms     Int64,
+    expired         UInt8,
+    channel         LowCardinality(String),
+    last_event      String,
+    message_id      String,
+    pain            Array(LowCardinality(String)),
+    love            Array(LowCardinality(String)),
+    version         UInt64,
+    is_deleted      UInt8,
+    inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version, is_deleted)
+PARTITION BY toYYYYMM(instance_start)
+ORDER BY (journey, kind, customer, instance, level)
+"""
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "touchpoints", [TOUCHPOINTS]),
+    (2, "journey_results", [JOURNEY_RESULTS]),
 ]
 
 

@@ -56,12 +56,34 @@ def touchpoint_row(record: dict[str, Any], partition: int, offset: int) -> list[
     ]
 
 
-class TouchpointSink:
-    table = "touchpoints"
+RESULT_TIME_COLUMNS = ("instance_start", "at", "since")
 
-    def __init__(self, warehouse: Warehouse, metrics: Metrics, *, retry_max_seconds: float) -> None:
+
+def result_db_row(row: list[Any]) -> list[Any]:
+    """A ``journey_results`` row from :func:`tracker.core.journeys.codec.result_row`, with its
+    epoch-ms times as DateTime64 values."""
+    out = list(row)
+    for i in (4, 7, 8):  # instance_start, at, since
+        out[i] = _dt(out[i])
+    return out
+
+
+class TableSink:
+    """Writes batches of rows to one table; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        metrics: Metrics,
+        *,
+        table: str,
+        columns: tuple[str, ...],
+        retry_max_seconds: float,
+    ) -> None:
         self.warehouse = warehouse
         self.metrics = metrics
+        self.table = table
+        self.columns = columns
         self.retry_max_seconds = retry_max_seconds
 
     async def write(self, rows: list[list[Any]]) -> None:
@@ -75,7 +97,7 @@ class TouchpointSink:
             attempt += 1
             began = time.perf_counter()
             try:
-                await self.warehouse.ainsert(self.table, rows, TOUCHPOINT_COLUMNS)
+                await self.warehouse.ainsert(self.table, rows, self.columns)
             except WarehouseError as exc:
                 self.metrics.sink_errors.labels(self.table).inc()
                 log.warning(

@@ -200,6 +200,7 @@ class CustomerState:
     history: list[Touchpoint] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     emitted: Counter[Result] = field(default_factory=Counter)
+    version: int = 0  # bumped whenever emitted changes; orders the warehouse's result rows
 
 
 Change = tuple[int, Result]  # (+1 | -1, result)
@@ -239,12 +240,16 @@ class JourneyEngine:
         changes: list[Change] = [(-1, r) for r in (state.emitted - new).elements()]
         changes += [(+1, r) for r in (new - state.emitted).elements()]
         state.emitted = new
+        if changes:
+            state.version += 1
         return changes
 
     def retract_all(self, state: CustomerState) -> list[Change]:
         """Withdraw everything emitted for ``state`` (its customer key is going away)."""
         changes: list[Change] = [(-1, r) for r in state.emitted.elements()]
         state.emitted = Counter()
+        if changes:
+            state.version += 1
         return changes
 
     def next_deadline(self, state: CustomerState, now: int) -> int | None:

@@ -1,0 +1,326 @@
+"""The journey agents: identity stitching across partitions, journeys per customer, timers.
+
+Topics (``<app>`` is the app id):
+
+- the touchpoints topic, keyed by the sender's id (userId, else anonymousId);
+- ``<app>-journey-input``, keyed by customer key: touchpoints forwarded to their customer's
+  partition, and ``owner`` notices ("id X now belongs to customer K");
+- ``<app>-identity-links``, one partition: every identity link, read by the one identity agent
+  that keeps the whole identity graph.
+
+Tables (changelog-backed, keyed like the partitions they live in):
+
+- ``customers``: customer key -> engine state (history, emitted results, version);
+- ``owners``: id -> customer key, for ids that were linked into another customer;
+- ``identity-links``: every link seen, from which the identity graph is rebuilt after a restart.
+
+A touchpoint keyed by id X is handled where it arrives when X is its own customer, else forwarded
+to the owner's partition. When the identity agent finds that X now belongs to K, it tells X's
+partition; there X's state (if X was a customer) is withdrawn from the warehouse and its history
+forwarded to K, where it is merged and evaluated again. Results are written to ClickHouse before
+the input's offsets are acknowledged; every state change happens under one lock per worker, so
+timers and agents never interleave inside a read-modify-write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+import orjson
+
+from streams.batching import Batcher
+from tracker.core.identity import Identities, Link, link_of
+from tracker.core.journeys.codec import (
+    dump_state,
+    load_state,
+    result_row,
+    tp_from_list,
+    tp_to_list,
+)
+from tracker.core.journeys.engine import Change, CustomerState, JourneyEngine, Touchpoint
+from tracker.metrics import Metrics
+from tracker.settings import Settings
+from tracker.warehouse.sink import TableSink, result_db_row, touchpoint_row
+
+log = logging.getLogger(__name__)
+
+SENT_LINKS_MAX = 100_000
+
+
+def decode_records(value: bytes) -> list[dict[str, Any]]:
+    """The records of one touchpoints message: a JSON array, as the collector writes it."""
+    records = orjson.loads(value)
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError("message value is not a JSON array of records")
+    return records
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int, *, internal: bool) -> faust.TopicT:
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=internal,
+    )
+
+
+class JourneyAgents:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        engine: JourneyEngine,
+        *,
+        touchpoint_sink: TableSink,
+        results_sink: TableSink,
+        metrics: Metrics,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.engine = engine
+        self.touchpoint_sink = touchpoint_sink
+        self.sink = results_sink
+        self.metrics = metrics
+        n = settings.topic_partitions
+        prefix = settings.app_id
+        self.touchpoints = _raw_topic(app, settings.topic_touchpoints, n, internal=False)
+        self.journey_input = _raw_topic(app, f"{prefix}-journey-input", n, internal=True)
+        self.links_topic = _raw_topic(app, f"{prefix}-identity-links", 1, internal=True)
+        # Keys stay raw bytes, exactly as the topics are keyed, so a key's changelog partition is
+        # the partition it is processed in; values are JSON.
+        # (faust derives the changelog serializers from key_type/value_type: bytes = raw.)
+        table_opts: dict[str, Any] = {"use_partitioner": True, "key_type": bytes}
+        self.customers = app.Table("customers", partitions=n, **table_opts)
+        self.owners = app.Table("owners", partitions=n, **table_opts)
+        self.links = app.Table("identity-links", partitions=1, **table_opts)
+        self.identities: Identities | None = None
+        self.lock = asyncio.Lock()
+        self.timers: list[tuple[int, str]] = []
+        self.timers_stale = True
+        # Links already sent: SDKs repeat the anonymousId/userId pair on every event after a login.
+        self._sent_links: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._install()
+
+    # -- wiring ----------------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        s = self.settings
+        batchers = []
+        for topic, name, handler in (
+            (self.touchpoints, "journeys-ingest", self.on_touchpoints),
+            (self.journey_input, "journeys-customers", self.on_journey_input),
+            (self.links_topic, "journeys-identity", self.on_links),
+        ):
+            batcher = Batcher(handler, max_events=s.sink_max_rows, max_seconds=s.sink_max_seconds)
+            batchers.append(batcher)
+            self.app.agent(topic, name=name)(batcher.consume)
+
+        @self.app.timer(min(s.timer_interval, s.sink_max_seconds / 2))
+        async def tick() -> None:
+            for batcher in batchers:
+                await batcher.tick()
+            await self.on_tick()
+
+        @self.app.on_partitions_revoked.connect
+        async def revoked(app: Any, revoked: Any = None, **kwargs: Any) -> None:
+            for batcher in batchers:
+                batcher.revoke()
+
+        @self.app.on_rebalance_complete.connect
+        async def rebalanced(app: Any, **kwargs: Any) -> None:
+            self.timers_stale = True
+            self.identities = None
+
+    # -- touchpoints as they come from the collector ---------------------------------------------
+
+    async def on_touchpoints(self, events: list[Any]) -> None:
+        """Raw rows to the warehouse; each touchpoint to its customer's journeys."""
+        now = now_ms()
+        rows: list[list[Any]] = []
+        local: dict[str, list[Touchpoint]] = {}
+        forward: dict[str, list[Touchpoint]] = {}
+        links: list[Link] = []
+        late = 0
+        for event in events:
+            message = event.message
+            try:
+                records = decode_records(message.value)
+                rows.extend(touchpoint_row(r, message.partition, message.offset) for r in records)
+                sender = message.key.decode()
+                tps = [(Touchpoint.from_record(r), link_of(r)) for r in records]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self.metrics.undecodable.inc()
+                log.warning(
+                    "event=undecodable_message partition=%s offset=%s error=%r",
+                    message.partition, message.offset, exc,
+                )  # fmt: skip
+                continue
+            owner = self._owner(sender)
+            target = local if owner == sender else forward
+            for tp, link in tps:
+                if link is not None:
+                    links.append(link)
+                if self.engine.is_late(tp, now):
+                    late += 1
+                    continue
+                target.setdefault(owner, []).append(tp)
+        if late:
+            self.metrics.late_events.inc(late)
+        self.metrics.events_consumed.inc(len(rows))
+        await self.touchpoint_sink.write(rows)
+        async with self.lock:
+            await self._apply(local, now)
+        for key, tps in forward.items():
+            await self._send_tps(key, tps)
+        for link in links:
+            pair = (link.from_id, link.user_id)
+            if pair in self._sent_links:
+                self._sent_links.move_to_end(pair)
+                continue
+            self._sent_links[pair] = None
+            if len(self._sent_links) > SENT_LINKS_MAX:
+                self._sent_links.popitem(last=False)
+            await self.links_topic.send(
+                key=b"links",
+                value=orjson.dumps([link.from_id, link.user_id, link.t, link.message_id]),
+            )
+
+    # -- forwarded touchpoints and ownership notices --------------------------------------------
+
+    async def on_journey_input(self, events: list[Any]) -> None:
+        now = now_ms()
+        local: dict[str, list[Touchpoint]] = {}
+        forward: dict[str, list[Touchpoint]] = {}
+        async with self.lock:
+            for event in events:
+                key = event.message.key.decode()
+                msg = orjson.loads(event.message.value)
+                if msg["kind"] == "owner":
+                    await self._apply(local, now)  # keep the order of what came before
+                    local.clear()
+                    await self._take_owner(key, msg["owner"], now)
+                    continue
+                owner = self._owner(key)
+                target = local if owner == key else forward
+                target.setdefault(owner, []).extend(tp_from_list(v) for v in msg["tps"])
+            await self._apply(local, now)
+        for key, tps in forward.items():
+            await self._send_tps(key, tps)
+
+    async def _take_owner(self, member: str, owner: str, now: int) -> None:
+        """``member`` now belongs to ``owner``: withdraw its results, hand its history over."""
+        if member == owner:
+            self.owners.pop(member.encode(), None)
+            return
+        self.owners[member.encode()] = owner
+        raw = self.customers.get(member.encode())
+        if not raw:
+            return
+        state = load_state(raw)
+        changes = self.engine.retract_all(state)
+        await self._write(changes, state.version)
+        del self.customers[member.encode()]
+        self.metrics.identity_merges.inc()
+        await self._send_tps(owner, state.history)
+
+    # -- the identity graph ----------------------------------------------------------------------
+
+    async def on_links(self, events: list[Any]) -> None:
+        ids = self._identities()
+        for event in events:
+            from_id, user_id, t, message_id = orjson.loads(event.message.value)
+            link_key = f"{from_id}\x00{user_id}\x00{message_id}".encode()
+            if link_key in self.links:
+                continue
+            self.links[link_key] = [from_id, user_id, t, message_id]
+            for member, owner in ids.add(Link(from_id, user_id, t, message_id)):
+                notice = orjson.dumps({"kind": "owner", "owner": owner})
+                await self.journey_input.send(key=member.encode(), value=notice)
+
+    def _identities(self) -> Identities:
+        if self.identities is None:
+            ids = Identities()
+            for raw in self.links.values():
+                if raw:
+                    ids.add(Link(*raw))
+            self.identities = ids
+        return self.identities
+
+    # -- timers ------------------------------------------------------------------------------------
+
+    async def on_tick(self) -> None:
+        if self.app.rebalancing:
+            return
+        now = now_ms()
+        async with self.lock:
+            if self.timers_stale:
+                self._rebuild_timers(now)
+            due: set[str] = set()
+            while self.timers and self.timers[0][0] < now:
+                due.add(heapq.heappop(self.timers)[1])
+            for key in sorted(due):
+                raw = self.customers.get(key.encode())
+                if raw:
+                    await self._settle(load_state(raw), now)
+
+    def _rebuild_timers(self, now: int) -> None:
+        self.timers = []
+        for raw in self.customers.values():
+            if not raw:
+                continue  # a deletion recovered from the changelog
+            state = load_state(raw)
+            deadline = self.engine.next_deadline(state, now)
+            if deadline is not None:
+                self.timers.append((deadline, state.customer))
+        heapq.heapify(self.timers)
+        self.timers_stale = False
+
+    # -- state changes -----------------------------------------------------------------------------
+
+    def _owner(self, key: str) -> str:
+        owner = self.owners.get(key.encode())
+        return str(owner) if owner else key
+
+    async def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
+        for key in sorted(batch):
+            raw = self.customers.get(key.encode())
+            state = load_state(raw) if raw else CustomerState(key)
+            if self.engine.add(state, batch[key]):
+                await self._settle(state, now)
+
+    async def _settle(self, state: CustomerState, now: int) -> None:
+        changes = self.engine.settle(state, now)
+        await self._write(changes, state.version)
+        self.customers[state.customer.encode()] = dump_state(state)
+        deadline = self.engine.next_deadline(state, now)
+        if deadline is not None:
+            heapq.heappush(self.timers, (deadline, state.customer))
+        self.metrics.observe_changes(changes)
+
+    async def _write(self, changes: Iterable[Change], version: int) -> None:
+        rows: dict[tuple[Any, ...], list[Any]] = {}
+        for sign, result in changes:
+            row = result_row(sign, result, version)
+            key = (row[0], row[1], row[2], row[3], row[6])
+            if sign > 0 or key not in rows:  # a new value for a key supersedes its withdrawal
+                rows[key] = result_db_row(row)
+        await self.sink.write(list(rows.values()))
+
+    async def _send_tps(self, key: str, tps: list[Touchpoint]) -> None:
+        if tps:
+            value = orjson.dumps({"kind": "tps", "tps": [tp_to_list(tp) for tp in tps]})
+            await self.journey_input.send(key=key.encode(), value=value)

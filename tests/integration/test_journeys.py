@@ -1,0 +1,178 @@
+"""The journey engine in the real pipeline: collector -> Kafka -> Faust agents -> chdb."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration.processes import Process, post, query, wait_until
+from tracker.kafka.broker import EmbeddedKafka
+from tracker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+JOURNEYS = """
+journeys:
+  - name: shop
+    window: 1h
+    stages:
+      - {name: browse, match: {event: Product Viewed}, timeout: 15s}
+      - {name: cart, match: {event: Product Added}, timeout: 1h}
+      - {name: checkout, match: {event: Checkout Started}, timeout: 1h}
+      - name: purchase
+        match: {any: [{event: Order Completed}, {event: Purchase, channel: store}]}
+    pain:
+      - {name: slow_page, match: {event: Page Loaded, where: {load_ms: {gt: 3000}}}}
+  - name: quick
+    window: 1h
+    stages:
+      - {name: start, match: {event: Quick Start}, timeout: 2s}
+      - {name: done, match: {event: Quick Done}}
+"""
+RESULTS = (
+    "SELECT journey, kind, customer, stage, level, channel, pain, "
+    "toUnixTimestamp64Milli(at) AS at FROM tracker.journey_results "
+    "ORDER BY customer, journey, instance, at, level, kind DESC"
+)
+
+
+@pytest.fixture
+def journey_settings(settings: Settings, tmp_path: Path) -> Settings:
+    path = tmp_path / "journeys.yaml"
+    path.write_text(JOURNEYS)
+    return settings.model_copy(update={"journeys_file": path, "timer_interval": 0.1})
+
+
+@pytest.fixture
+def collector(
+    journey_settings: Settings, kafka: EmbeddedKafka, tmp_path: Path
+) -> Iterator[Process]:
+    proc = Process("collector", journey_settings, kafka.bootstrap, tmp_path).wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def start_worker(journey_settings: Settings, kafka: EmbeddedKafka, tmp_path: Path) -> Iterator[Any]:
+    started: list[Process] = []
+
+    def start() -> Process:
+        proc = Process("worker", journey_settings, kafka.bootstrap, tmp_path).wait_ready()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def msg(
+    mid: str, at_ms: int, event: str = "", *, type: str = "track", **fields: Any
+) -> dict[str, Any]:
+    out = {"type": type, "messageId": mid, "timestamp": iso(at_ms), **fields}
+    if event:
+        out["event"] = event
+    return out
+
+
+def send(collector: Process, *messages: dict[str, Any]) -> None:
+    status, body = post(f"{collector.url}/v1/batch", orjson.dumps({"batch": list(messages)}))
+    assert status == 200, body
+
+
+def results(worker: Process, customer_prefix: str) -> list[dict[str, Any]]:
+    rows = query(worker.url, RESULTS)
+    return [r for r in rows if r["customer"].startswith(customer_prefix)]
+
+
+def test_phone_laptop_and_store_become_one_journey_and_a_late_link_corrects(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    worker = start_worker()
+    u, phone, laptop = f"{unique}-u1", f"{unique}-phone", f"{unique}-laptop"
+    t0 = int(time.time() * 1000) - 60_000
+    # Anonymous browsing on the phone; the browse timeout (15 s) has long passed: a drop-off.
+    send(collector, msg("p1", t0, "Product Viewed", anonymousId=phone, channel="app"))
+    wait_until(lambda: [r["kind"] for r in results(worker, phone)] == ["stage", "dropoff"],
+               timeout=30, what="the phone visitor's drop-off")  # fmt: skip
+    # The laptop: anonymous add to cart, login, checkout; then the purchase at the store till.
+    send(
+        collector,
+        msg("l1", t0 + 10_000, "Product Added", anonymousId=laptop),
+        msg("l2", t0 + 20_000, type="identify", anonymousId=laptop, userId=u),
+        msg("l3", t0 + 30_000, "Checkout Started", anonymousId=laptop, userId=u),
+    )
+    send(collector, msg("s1", t0 + 40_000, "Purchase", userId=u, channel="store"))
+    # Only now does the phone log in: its browsing was this customer's all along.
+    send(collector, msg("p2", t0 + 50_000, type="identify", anonymousId=phone, userId=u))
+
+    expected = [
+        {"journey": "shop", "kind": "stage", "customer": u, "stage": "browse", "level": 1,
+         "channel": "app", "pain": [], "at": t0},
+        {"journey": "shop", "kind": "stage", "customer": u, "stage": "cart", "level": 2,
+         "channel": "server", "pain": [], "at": t0 + 10_000},
+        {"journey": "shop", "kind": "stage", "customer": u, "stage": "checkout", "level": 3,
+         "channel": "server", "pain": [], "at": t0 + 30_000},
+        {"journey": "shop", "kind": "conversion", "customer": u, "stage": "", "level": 0,
+         "channel": "store", "pain": [], "at": t0 + 40_000},
+        {"journey": "shop", "kind": "stage", "customer": u, "stage": "purchase", "level": 4,
+         "channel": "store", "pain": [], "at": t0 + 40_000},
+    ]  # fmt: skip
+    wait_until(lambda: results(worker, unique) == expected, timeout=30,
+               what="one converted journey for the customer")  # fmt: skip
+    assert results(worker, phone) == []  # the anonymous drop-off was withdrawn
+
+
+def test_drop_off_is_emitted_within_a_second_of_its_deadline(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    worker = start_worker()
+    visitor = f"{unique}-v"
+    began = int(time.time() * 1000)
+    slow = msg("q2", began + 100, "Page Loaded", anonymousId=visitor, properties={"load_ms": 5000})
+    send(collector, msg("q1", began, "Quick Start", anonymousId=visitor), slow)
+    sql = (
+        "SELECT toUnixTimestamp64Milli(at) AS deadline, "
+        "toUnixTimestamp64Milli(inserted_at) AS written FROM tracker.journey_results "
+        f"WHERE kind = 'dropoff' AND customer = '{visitor}'"
+    )
+    (row,) = wait_until(lambda: query(worker.url, sql), timeout=30, what="the drop-off")
+    assert row["deadline"] == began + 2000
+    delay = row["written"] - row["deadline"]
+    print(f"drop-off written {delay} ms after its deadline")
+    assert 0 < delay <= 1000
+
+
+def test_killing_and_restarting_the_worker_changes_no_result(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    worker = start_worker()
+    v = f"{unique}-v"
+    t0 = int(time.time() * 1000) - 5_000
+    slow = msg("k3", t0 + 1500, "Page Loaded", anonymousId=v, properties={"load_ms": 4000})
+    send(collector, msg("k1", t0, "Product Viewed", anonymousId=v),
+         msg("k2", t0 + 1000, "Product Added", anonymousId=v), slow)  # fmt: skip
+    before = wait_until(lambda: len(results(worker, v)) == 2 and results(worker, v),
+                        timeout=30, what="two stage entries")  # fmt: skip
+    worker.kill()
+    worker = start_worker()
+    assert results(worker, v) == before
+    # The state survived the crash: the journey goes on from the cart and converts.
+    send(collector, msg("k4", t0 + 3000, "Checkout Started", anonymousId=v),
+         msg("k5", t0 + 4000, "Order Completed", anonymousId=v))  # fmt: skip
+    after = wait_until(lambda: len(results(worker, v)) == 5 and results(worker, v),
+                       timeout=60, what="the conversion after the restart")  # fmt: skip
+    assert after[:2] == before
+    assert [(r["kind"], r["stage"]) for r in after[2:]] == [
+        ("stage", "checkout"), ("conversion", ""), ("stage", "purchase"),
+    ]  # fmt: skip

@@ -1,0 +1,105 @@
+"""Plain-data forms of the engine's values: customer states for changelog tables, touchpoints for
+forwarding between partitions, and results as warehouse rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tracker.core.journeys.engine import CustomerState, Touchpoint
+from tracker.core.journeys.results import Conversion, DropOff, Recovery, Result, StageEntered
+
+_KINDS: dict[str, type[Any]] = {
+    "stage": StageEntered,
+    "dropoff": DropOff,
+    "recovery": Recovery,
+    "conversion": Conversion,
+}
+_KIND_OF = {cls: name for name, cls in _KINDS.items()}
+
+
+def tp_to_list(tp: Touchpoint) -> list[Any]:
+    return [tp.t, tp.message_id, tp.type, tp.event, tp.channel, tp.path, tp.properties]
+
+
+def tp_from_list(v: list[Any]) -> Touchpoint:
+    return Touchpoint(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+
+
+def result_to_list(r: Result) -> list[Any]:
+    return [_KIND_OF[type(r)], *(getattr(r, f) for f in r.__slots__)]
+
+
+def result_from_list(v: list[Any]) -> Result:
+    cls = _KINDS[v[0]]
+    args = [tuple(a) if isinstance(a, list) else a for a in v[1:]]
+    result: Result = cls(*args)
+    return result
+
+
+def dump_state(state: CustomerState) -> dict[str, Any]:
+    """A JSON-ready dict of ``state`` (for a changelog-backed table)."""
+    return {
+        "c": state.customer,
+        "v": state.version,
+        "h": [tp_to_list(tp) for tp in state.history],
+        "e": [[n, result_to_list(r)] for r, n in state.emitted.items()],
+    }
+
+
+def load_state(raw: dict[str, Any]) -> CustomerState:
+    history = [tp_from_list(v) for v in raw["h"]]
+    return CustomerState(
+        customer=raw["c"],
+        history=history,
+        seen={tp.message_id for tp in history},
+        emitted=Counter({result_from_list(r): n for n, r in raw["e"]}),
+        version=raw["v"],
+    )
+
+
+RESULT_COLUMNS = (
+    "journey", "kind", "customer", "instance", "instance_start", "stage", "level", "at", "since",
+    "duration_ms", "expired", "channel", "last_event", "message_id", "pain", "love", "version",
+    "is_deleted",
+)  # fmt: skip
+
+
+def result_row(sign: int, r: Result, version: int) -> list[Any]:
+    """One ``journey_results`` row; a withdrawn result is the same key with ``is_deleted=1``.
+
+    Times stay in epoch ms here; the sink turns them into DateTime64 values.
+    """
+    start = int(r.instance.split(":", 1)[0])
+    stage, level, since, duration, expired, channel, last_event, message_id = (
+        "",
+        0,
+        0,
+        0,
+        0,
+        "",
+        "",
+        "",
+    )
+    pain: tuple[str, ...] = ()
+    love: tuple[str, ...] = ()
+    if isinstance(r, StageEntered):
+        stage, level, since, channel, message_id = r.stage, r.level, r.at, r.channel, r.message_id
+    elif isinstance(r, DropOff):
+        stage, level, since, duration = r.stage, r.level, r.entered_at, r.time_at_stage_ms
+        expired, channel, last_event, pain, love = (
+            int(r.expired),
+            r.last_channel,
+            r.last_event,
+            r.pain,
+            r.love,
+        )
+    elif isinstance(r, Recovery):
+        stage, level, since, duration = r.stage, r.level, r.dropped_at, r.at - r.dropped_at
+    else:
+        since, duration, channel = r.started_at, r.time_to_convert_ms, r.channel
+    return [
+        r.journey, _KIND_OF[type(r)], r.customer, r.instance, start, stage, level, r.at, since,
+        duration, expired, channel, last_event, message_id, list(pain), list(love), version,
+        int(sign < 0),
+    ]  # fmt: skip
