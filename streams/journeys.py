@@ -34,6 +34,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.partitioner import murmur2
 
 from streams.batching import Batcher
 from tracker.core.identity import Identities, Link, link_of
@@ -111,6 +112,9 @@ class JourneyAgents:
         self.lock = asyncio.Lock()
         self.timers: list[tuple[int, str]] = []
         self.timers_stale = True
+        # Partitions this worker owns now. The in-memory tables keep what they held for partitions
+        # that moved to another worker; timers must only look at customers that are ours.
+        self.active: set[int] = set()
         # Links already sent: SDKs repeat the anonymousId/userId pair on every event after a login.
         self._sent_links: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._install()
@@ -139,6 +143,14 @@ class JourneyAgents:
         async def revoked(app: Any, revoked: Any = None, **kwargs: Any) -> None:
             for batcher in batchers:
                 batcher.revoke()
+            self.active = set()
+            self.metrics.assigned_partitions.set(0)
+
+        @self.app.on_partitions_assigned.connect
+        async def assigned(app: Any, assigned: Any = None, **kwargs: Any) -> None:
+            ours = {self.touchpoints.get_topic_name(), self.journey_input.get_topic_name()}
+            self.active = {tp.partition for tp in assigned or () if tp.topic in ours}
+            self.metrics.assigned_partitions.set(len(self.active))
 
         @self.app.on_rebalance_complete.connect
         async def rebalanced(app: Any, **kwargs: Any) -> None:
@@ -151,17 +163,16 @@ class JourneyAgents:
         """Raw rows to the warehouse; each touchpoint to its customer's journeys."""
         now = now_ms()
         rows: list[list[Any]] = []
-        local: dict[str, list[Touchpoint]] = {}
-        forward: dict[str, list[Touchpoint]] = {}
+        by_sender: list[tuple[str, list[Touchpoint]]] = []
         links: list[Link] = []
         late = 0
         for event in events:
             message = event.message
             try:
                 records = decode_records(message.value)
-                rows.extend(touchpoint_row(r, message.partition, message.offset) for r in records)
+                decoded = [(Touchpoint.from_record(r), link_of(r)) for r in records]
                 sender = message.key.decode()
-                tps = [(Touchpoint.from_record(r), link_of(r)) for r in records]
+                rows.extend(touchpoint_row(r, message.partition, message.offset) for r in records)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.metrics.undecodable.inc()
                 log.warning(
@@ -169,23 +180,33 @@ class JourneyAgents:
                     message.partition, message.offset, exc,
                 )  # fmt: skip
                 continue
-            owner = self._owner(sender)
-            target = local if owner == sender else forward
-            for tp, link in tps:
+            tps = []
+            for tp, link in decoded:
                 if link is not None:
                     links.append(link)
                 if self.engine.is_late(tp, now):
                     late += 1
-                    continue
-                target.setdefault(owner, []).append(tp)
+                else:
+                    tps.append(tp)
+            by_sender.append((sender, tps))
         if late:
             self.metrics.late_events.inc(late)
         self.metrics.events_consumed.inc(len(rows))
         await self.touchpoint_sink.write(rows)
+        local: dict[str, list[Touchpoint]] = {}
+        forward: dict[str, list[Touchpoint]] = {}
         async with self.lock:
+            # Ownership is looked up under the lock: an ownership notice handled between the
+            # lookup and the update would otherwise leave these touchpoints with the old owner.
+            for sender, tps in by_sender:
+                owner = self._owner(sender)
+                (local if owner == sender else forward).setdefault(owner, []).extend(tps)
             await self._apply(local, now)
         for key, tps in forward.items():
             await self._send_tps(key, tps)
+        await self._send_links(links)
+
+    async def _send_links(self, links: list[Link]) -> None:
         for link in links:
             pair = (link.from_id, link.user_id)
             if pair in self._sent_links:
@@ -273,6 +294,8 @@ class JourneyAgents:
             while self.timers and self.timers[0][0] < now:
                 due.add(heapq.heappop(self.timers)[1])
             for key in sorted(due):
+                if not self._is_ours(key):
+                    continue
                 raw = self.customers.get(key.encode())
                 if raw:
                     await self._settle(load_state(raw), now)
@@ -283,6 +306,8 @@ class JourneyAgents:
             if not raw:
                 continue  # a deletion recovered from the changelog
             state = load_state(raw)
+            if not self._is_ours(state.customer):
+                continue
             deadline = self.engine.next_deadline(state, now)
             if deadline is not None:
                 self.timers.append((deadline, state.customer))
@@ -290,6 +315,11 @@ class JourneyAgents:
         self.timers_stale = False
 
     # -- state changes -----------------------------------------------------------------------------
+
+    def _is_ours(self, key: str) -> bool:
+        """Whether ``key``'s partition (Kafka's default partitioner) is assigned here."""
+        partition = (murmur2(key.encode()) & 0x7FFFFFFF) % self.settings.topic_partitions
+        return partition in self.active
 
     def _owner(self, key: str) -> str:
         owner = self.owners.get(key.encode())

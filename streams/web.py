@@ -7,6 +7,7 @@ In embedded mode the worker owns the chdb directory, so ``tracker query`` reache
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ def _dumps(body: Any) -> bytes:
 class WorkerWeb(mode.Service):
     def __init__(
         self,
+        app: Any,
         warehouse: Warehouse,
         metrics: Metrics,
         *,
@@ -41,6 +43,7 @@ class WorkerWeb(mode.Service):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.app = app
         self.warehouse = warehouse
         self.metrics = metrics
         self.host = host
@@ -72,7 +75,21 @@ class WorkerWeb(mode.Service):
             await self._runner.cleanup()
 
     async def health(self, request: web.Request) -> web.Response:
+        if self.app.crashed:
+            return web.json_response({"status": "crashed"}, status=503)
         return web.json_response({"status": "ok"})
+
+    @mode.Service.task
+    async def _exit_when_crashed(self) -> None:
+        """A crashed faust app never consumes again; exit so that a supervisor restarts us.
+
+        Nothing is lost: what was not written was not acknowledged, and is read again.
+        """
+        while not self.should_stop:
+            if self.app.crashed:
+                log.error("event=worker_crashed reason=%r exit_code=70", self.app.crash_reason)
+                os._exit(70)
+            await self.sleep(1.0)
 
     async def metrics_view(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

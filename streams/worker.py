@@ -55,7 +55,9 @@ def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | Non
     app = create_app(
         settings, bootstrap, sink=sink, results_sink=results_sink, engine=engine, metrics=metrics
     )
-    web = WorkerWeb(warehouse, metrics, host=settings.worker_host, port=port, ready_file=ready_file)
+    web = WorkerWeb(
+        app, warehouse, metrics, host=settings.worker_host, port=port, ready_file=ready_file
+    )
     worker = faust.Worker(
         app,
         web,

@@ -120,6 +120,12 @@ class Metrics:
             registry=registry,
         )
 
+        self.assigned_partitions = Gauge(
+            "tracker_worker_assigned_partitions",
+            "Partitions of the touchpoints topic this worker owns.",
+            registry=registry,
+        )
+
     def observe_changes(self, changes: Iterable[tuple[int, Any]]) -> None:
         for sign, result in changes:
             kind = type(result).__name__

@@ -176,3 +176,62 @@ def test_killing_and_restarting_the_worker_changes_no_result(
     assert [(r["kind"], r["stage"]) for r in after[2:]] == [
         ("stage", "checkout"), ("conversion", ""), ("stage", "purchase"),
     ]  # fmt: skip
+
+
+def _assigned(worker: Process) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("tracker_worker_assigned_partitions "):
+                return int(float(line.split()[1]))
+    return -1
+
+
+def test_two_workers_share_the_partitions_and_stitch_across_them(
+    journey_settings: Settings, kafka: EmbeddedKafka, collector: Process, tmp_path: Path,
+    unique: str,
+) -> None:  # fmt: skip
+    # Each worker needs a warehouse of its own here (chdb: one process per directory); with a
+    # ClickHouse server they would share one. Together they must hold every result exactly once.
+    workers = []
+    for name in ("a", "b"):
+        own = journey_settings.model_copy(update={"data_dir": tmp_path / f"data-{name}"})
+        workers.append(Process("worker", own, kafka.bootstrap, tmp_path).wait_ready())
+    try:
+        wait_until(lambda: sorted(_assigned(w) for w in workers) == [2, 2], timeout=60,
+                   what="two workers with two partitions each")  # fmt: skip
+        t0 = int(time.time() * 1000) - 30_000
+        customers = [f"{unique}-c{i}" for i in range(12)]
+        for i, user in enumerate(customers):
+            anon = f"{user}-anon"
+            send(
+                collector,
+                msg(f"{user}-1", t0, "Product Viewed", anonymousId=anon),
+                msg(f"{user}-2", t0 + 1000, "Product Added", anonymousId=anon),
+                msg(f"{user}-3", t0 + 2000, type="identify", anonymousId=anon, userId=user),
+                msg(f"{user}-4", t0 + 3000, "Checkout Started", userId=user),
+            )
+            if i % 2 == 0:
+                send(collector, msg(f"{user}-5", t0 + 4000, "Order Completed", userId=user))
+
+        def union() -> list[tuple[str, str, str]]:
+            rows = [r for w in workers for r in results(w, unique)]
+            return sorted((r["customer"], r["kind"], r["stage"]) for r in rows)
+
+        expected = sorted(
+            [(c, "stage", s) for c in customers for s in ("browse", "cart", "checkout")]
+            + [(c, k, s) for c in customers[::2] for k, s in (("stage", "purchase"),
+                                                                ("conversion", ""))]
+        )  # fmt: skip
+        try:
+            wait_until(lambda: union() == expected, timeout=60, what="every journey once")
+        except AssertionError:
+            got = union()
+            print("MISSING", sorted(set(expected) - set(got)))
+            print("EXTRA", sorted(set(got) - set(expected)))
+            raise
+        assert all(results(w, unique) for w in workers), "both workers hold some customers"
+    finally:
+        for w in workers:
+            w.stop()
