@@ -6,12 +6,13 @@ only after the handler returned, so their offsets are committed only once their 
 written. The buffer holds at most ``max_events``: when it is full the agent waits for the flush,
 and Kafka consumption pauses with it.
 
-A rebalance ends a generation: the events buffered before it are dropped unacknowledged, and a
-batch whose handler was running across it is not acknowledged either. faust reads those events
-again from the committed offsets. Acknowledging them after the rebalance would be unsafe: faust
-may then commit past offsets it re-delivered but nobody processed yet (its commit logic skips the
-gap check when the partition's committed offset is not known), and a crash would lose them.
-The handlers tolerate the re-delivery: warehouse writes and journey state are idempotent.
+A rebalance ends a generation. Events received before it are still processed, but never
+acknowledged: acknowledging them after the rebalance is unsafe, because faust may then commit past
+offsets it re-delivered and nobody processed yet (its commit logic skips the gap check when the
+partition's committed offset is not known), and a crash would lose those. Dropping them is not
+safe either: faust does not always deliver them again. Processing without acknowledging loses
+nothing: re-delivered events are written again, and the handlers are idempotent (warehouse rows
+collapse, journey state ignores messageIds it has seen).
 
 (faust's ``take``/``noack_take`` buffers were not used: on a rebalance they could be left waiting
 on a future that nothing resolves, and the stream stalled.)
@@ -33,7 +34,7 @@ class Batcher:
         self.max_events = max_events
         self.max_seconds = max_seconds
         self._stream: Any = None
-        self._buffer: list[Any] = []
+        self._buffer: list[tuple[int, Any]] = []  # (generation, event)
         self._since = 0.0
         self._flushing = asyncio.Lock()
         self._generation = 0
@@ -44,7 +45,7 @@ class Batcher:
         async for event in stream.noack().events():
             if not self._buffer:
                 self._since = time.monotonic()
-            self._buffer.append(event)
+            self._buffer.append((self._generation, event))
             if len(self._buffer) >= self.max_events:
                 await self.flush()
 
@@ -54,18 +55,16 @@ class Batcher:
             await self.flush()
 
     def revoke(self) -> None:
-        """Partitions are being taken away: forget what is buffered, ack nothing in flight."""
+        """A rebalance: nothing received so far will be acknowledged."""
         self._generation += 1
-        self._buffer = []
 
     async def flush(self) -> None:
         async with self._flushing:
-            events, self._buffer = self._buffer, []
-            if not events:
+            batch, self._buffer = self._buffer, []
+            if not batch:
                 return
-            generation = self._generation
-            await self.handler(events)
-            if generation != self._generation:
-                return  # a rebalance happened meanwhile: faust delivers these again
-            for event in events:
-                await self._stream.ack(event)
+            await self.handler([event for _, event in batch])
+            current = self._generation  # read after the handler: it may have spanned a rebalance
+            for generation, event in batch:
+                if generation == current:
+                    await self._stream.ack(event)
