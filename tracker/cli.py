@@ -77,6 +77,27 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from tracker.bench import worker
+
+    result = worker.run(
+        settings, events=args.events, customers=args.customers, per_message=args.per_message
+    )
+    targets = result["targets"]
+    print(f"{'figure':<28}{'value':>14}{'baseline':>14}{'ratio':>8}{'target':>12}")
+    print(f"{'worker events/s':<28}{result['worker_events_per_s']:>14,}"
+          f"{result['baseline_events_per_s']:>14,}{result['ratio']:>8}"
+          f"{targets['worker_events_per_s']:>12,}")  # fmt: skip
+    print(f"{'bytes per open instance':<28}{result['bytes_per_open_instance']:>14,}"
+          f"{'':>14}{'':>8}{targets['bytes_per_open_instance']:>12,}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"written to {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracker", description="Touchpoint Tracker: real-time customer journeys."
@@ -99,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="HTTP port (0 = any free port)")
         p.add_argument("--ready-file", type=Path, help="write {url} here once listening")
         p.set_defaults(func=func, process=name)
+
+    p = sub.add_parser("bench", help="benchmarks (figures beside a same-run baseline)")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("worker", help="one worker vs a bare aiokafka consumer on one topic")
+    b.add_argument("--events", type=int, default=1_000_000)
+    b.add_argument("--customers", type=int, default=250_000)
+    b.add_argument("--per-message", type=int, default=5, help="events per Kafka message")
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench, process="bench")
 
     p = sub.add_parser("query", help="run a read-only SQL query on the warehouse")
     p.add_argument("sql")
