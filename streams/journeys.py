@@ -115,6 +115,10 @@ class JourneyAgents:
         # Partitions this worker owns now. The in-memory tables keep what they held for partitions
         # that moved to another worker; timers must only look at customers that are ours.
         self.active: set[int] = set()
+        # What a batch changed, written out by _commit() at the batch's end (under the lock).
+        self._rows: dict[tuple[Any, ...], list[Any]] = {}
+        self._dirty: dict[str, CustomerState] = {}
+        self._gone: set[str] = set()
         # Links already sent: SDKs repeat the anonymousId/userId pair on every event after a login.
         self._sent_links: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._install()
@@ -201,7 +205,8 @@ class JourneyAgents:
             for sender, tps in by_sender:
                 owner = self._owner(sender)
                 (local if owner == sender else forward).setdefault(owner, []).extend(tps)
-            await self._apply(local, now)
+            self._apply(local, now)
+            await self._commit()
         for key, tps in forward.items():
             await self._send_tps(key, tps)
         await self._send_links(links)
@@ -231,14 +236,15 @@ class JourneyAgents:
                 key = event.message.key.decode()
                 msg = orjson.loads(event.message.value)
                 if msg["kind"] == "owner":
-                    await self._apply(local, now)  # keep the order of what came before
+                    self._apply(local, now)  # keep the order of what came before
                     local.clear()
                     await self._take_owner(key, msg["owner"], now)
                     continue
                 owner = self._owner(key)
                 target = local if owner == key else forward
                 target.setdefault(owner, []).extend(tp_from_list(v) for v in msg["tps"])
-            await self._apply(local, now)
+            self._apply(local, now)
+            await self._commit()
         for key, tps in forward.items():
             await self._send_tps(key, tps)
 
@@ -248,13 +254,12 @@ class JourneyAgents:
             self.owners.pop(member.encode(), None)
             return
         self.owners[member.encode()] = owner
-        raw = self.customers.get(member.encode())
-        if not raw:
+        state = self._load(member)
+        if state is None:
             return
-        state = load_state(raw)
-        changes = self.engine.retract_all(state)
-        await self._write(changes, state.version)
-        del self.customers[member.encode()]
+        self._stage_rows(self.engine.retract_all(state), state.version)
+        self._dirty.pop(member, None)
+        self._gone.add(member)
         self.metrics.identity_merges.inc()
         await self._send_tps(owner, state.history)
 
@@ -296,9 +301,10 @@ class JourneyAgents:
             for key in sorted(due):
                 if not self._is_ours(key):
                     continue
-                raw = self.customers.get(key.encode())
-                if raw:
-                    await self._settle(load_state(raw), now)
+                state = self._load(key)
+                if state is not None:
+                    self._settle(state, now)
+            await self._commit()
 
     def _rebuild_timers(self, now: int) -> None:
         self.timers = []
@@ -325,30 +331,52 @@ class JourneyAgents:
         owner = self.owners.get(key.encode())
         return str(owner) if owner else key
 
-    async def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
-        for key in sorted(batch):
-            raw = self.customers.get(key.encode())
-            state = load_state(raw) if raw else CustomerState(key)
-            if self.engine.add(state, batch[key]):
-                await self._settle(state, now)
+    def _load(self, key: str) -> CustomerState | None:
+        state = self._dirty.get(key)
+        if state is not None:
+            return state
+        if key in self._gone:
+            return None
+        raw = self.customers.get(key.encode())
+        return load_state(raw) if raw else None
 
-    async def _settle(self, state: CustomerState, now: int) -> None:
+    def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
+        for key in sorted(batch):
+            state = self._load(key) or CustomerState(key)
+            self._gone.discard(key)
+            if self.engine.add(state, batch[key]):
+                self._settle(state, now)
+
+    def _settle(self, state: CustomerState, now: int) -> None:
         changes = self.engine.settle(state, now)
-        await self._write(changes, state.version)
-        self.customers[state.customer.encode()] = dump_state(state)
+        self._stage_rows(changes, state.version)
+        self._dirty[state.customer] = state
         deadline = self.engine.next_deadline(state, now)
         if deadline is not None:
             heapq.heappush(self.timers, (deadline, state.customer))
         self.metrics.observe_changes(changes)
 
-    async def _write(self, changes: Iterable[Change], version: int) -> None:
-        rows: dict[tuple[Any, ...], list[Any]] = {}
+    def _stage_rows(self, changes: Iterable[Change], version: int) -> None:
         for sign, result in changes:
             row = result_row(sign, result, version)
-            key = (row[0], row[1], row[2], row[3], row[6])
-            if sign > 0 or key not in rows:  # a new value for a key supersedes its withdrawal
-                rows[key] = result_db_row(row)
-        await self.sink.write(list(rows.values()))
+            key = (row[0], row[1], row[2], row[3], row[6], version)
+            if sign > 0 or key not in self._rows:  # a new value for a key supersedes its withdrawal
+                self._rows[key] = result_db_row(row)
+
+    async def _commit(self) -> None:
+        """Write the batch's result rows in one insert, then record the new states.
+
+        In this order: a state in the changelog always has its rows in the warehouse, so a
+        restart never finds a state whose results were not written.
+        """
+        rows, self._rows = list(self._rows.values()), {}
+        await self.sink.write(rows)
+        for key in self._gone:
+            self.customers.pop(key.encode(), None)
+        for key, state in self._dirty.items():
+            self.customers[key.encode()] = dump_state(state)
+        self._gone = set()
+        self._dirty = {}
 
     async def _send_tps(self, key: str, tps: list[Touchpoint]) -> None:
         if tps:
