@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,14 @@ def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
         data_dir, port=port, kafka_home=settings.kafka_home, heap=settings.kafka_heap,
         partitions=settings.topic_partitions,
     )  # fmt: skip
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Explicit handlers: a SIGINT ignored by the parent shell, or a SIGTERM from a supervisor,
+    # must still stop the broker instead of leaving the JVM behind.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     kafka.start()
     print(f"Kafka {kafka.bootstrap} ready in {kafka.start_seconds:.1f}s; data in {data_dir}")
     print("Ctrl-C stops it.", flush=True)
