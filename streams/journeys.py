@@ -191,6 +191,7 @@ class JourneyAgents:
                 if self.engine.is_late(tp, now):
                     late += 1
                 else:
+                    tp.bits = self.engine.signature(tp)  # before it is stored or forwarded
                     tps.append(tp)
             by_sender.append((sender, tps))
         if late:
@@ -311,7 +312,7 @@ class JourneyAgents:
         for raw in self.customers.values():
             if not raw:
                 continue  # a deletion recovered from the changelog
-            state = load_state(raw)
+            state = load_state(raw, self.engine.fingerprint)
             if not self._is_ours(state.customer):
                 continue
             deadline = self.engine.next_deadline(state, now)
@@ -338,7 +339,7 @@ class JourneyAgents:
         if key in self._gone:
             return None
         raw = self.customers.get(key.encode())
-        return load_state(raw) if raw else None
+        return load_state(raw, self.engine.fingerprint) if raw else None
 
     def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
         for key in sorted(batch):
@@ -374,7 +375,7 @@ class JourneyAgents:
         for key in self._gone:
             self.customers.pop(key.encode(), None)
         for key, state in self._dirty.items():
-            self.customers[key.encode()] = dump_state(state)
+            self.customers[key.encode()] = dump_state(state, self.engine.fingerprint)
         self._gone = set()
         self._dirty = {}
 

@@ -70,7 +70,8 @@ async def fill(bootstrap: str, topic: str, events: int, customers: int, per_mess
         counters = [0] * customers
         sent = 0
         while sent < events:
-            c = rnd.randrange(customers) if sent >= customers else sent
+            # Every customer opens a journey first, then the rest of the events spread at random.
+            c = messages if messages < customers else rnd.randrange(customers)
             n = min(per_message, events - sent)
             batch = [_record(c, counters[c] + k, now_ms, rnd) for k in range(n)]
             counters[c] += n
@@ -183,7 +184,7 @@ def run(settings: Settings, *, events: int, customers: int, per_message: int) ->
         if kafka is not None:
             kafka.stop()
     rate = events / seconds
-    open_instances = min(customers, events)
+    open_instances = min(customers, messages)
     result = {
         "events": events,
         "messages": messages,

@@ -4,6 +4,8 @@ forwarding between partitions, and results as warehouse rows."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from tracker.core.journeys.engine import CustomerState, Touchpoint
@@ -18,12 +20,18 @@ _KINDS: dict[str, type[Any]] = {
 _KIND_OF = {cls: name for name, cls in _KINDS.items()}
 
 
+_NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
+
+
 def tp_to_list(tp: Touchpoint) -> list[Any]:
-    return [tp.t, tp.message_id, tp.type, tp.event, tp.channel, tp.path, tp.properties]
+    """The compact form: what the rules need once the touchpoint's rule matches are known."""
+    if tp.bits < 0:
+        raise ValueError("a touchpoint is stored only with its rule matches (bits)")
+    return [tp.t, tp.message_id, tp.event, tp.channel, tp.bits]
 
 
 def tp_from_list(v: list[Any]) -> Touchpoint:
-    return Touchpoint(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+    return Touchpoint(v[0], v[1], "", v[2], v[3], "", _NO_PROPERTIES, v[4])
 
 
 def result_to_list(r: Result) -> list[Any]:
@@ -37,9 +45,13 @@ def result_from_list(v: list[Any]) -> Result:
     return result
 
 
-def dump_state(state: CustomerState) -> dict[str, Any]:
-    """A JSON-ready dict of ``state`` (for a changelog-backed table)."""
+def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
+    """A JSON-ready dict of ``state`` (for a changelog-backed table).
+
+    ``fingerprint`` names the journey definitions the touchpoints' rule bits refer to.
+    """
     return {
+        "f": fingerprint,
         "c": state.customer,
         "v": state.version,
         "h": [tp_to_list(tp) for tp in state.history],
@@ -47,8 +59,13 @@ def dump_state(state: CustomerState) -> dict[str, Any]:
     }
 
 
-def load_state(raw: dict[str, Any]) -> CustomerState:
+def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
+    """The state back; under changed journey definitions its touchpoints match no rule (their
+    bits referred to the old rules, and the properties they were computed from are not kept)."""
     history = [tp_from_list(v) for v in raw["h"]]
+    if raw.get("f") != fingerprint:
+        for tp in history:
+            tp.bits = 0
     return CustomerState(
         customer=raw["c"],
         history=history,

@@ -9,9 +9,10 @@ all in, the emitted results sum to those of the complete history.
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tracker.core.journeys.definition import Journey
@@ -31,6 +32,9 @@ class Touchpoint:
     channel: str
     path: str
     properties: Mapping[str, Any]
+    # Which rules (stages, pain, love of every journey) this touchpoint matches, one bit each;
+    # set by JourneyEngine.add. -1: not computed (evaluate then matches the rules itself).
+    bits: int = -1
 
     @property
     def order(self) -> tuple[int, str]:
@@ -65,13 +69,43 @@ class _Open:
     love: list[str] = field(default_factory=list)
 
 
-def evaluate(journey: Journey, customer: str, history: list[Touchpoint], now: int) -> list[Result]:
+def evaluate(
+    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
+) -> list[Result]:
     """Rules 3-5 over one customer's history (sorted by event time, then messageId), as of ``now``.
 
     ``now`` is the processing-time clock: deadlines that have not passed it yet produce nothing.
+    With ``base``, rule matches are read from each touchpoint's ``bits`` (this journey's rules
+    start at bit ``base``: stages, then pain, then love) instead of being matched again.
     """
     out: list[Result] = []
     stages = journey.stages
+    n_stages, n_pain = len(stages), len(journey.pain)
+
+    if base is None:
+
+        def stage_hit(i: int, tp: Touchpoint) -> bool:
+            return stages[i].match.matches(tp)
+
+        def signals(tp: Touchpoint) -> tuple[list[str], list[str]]:
+            return (
+                [p.name for p in journey.pain if p.match.matches(tp)],
+                [p.name for p in journey.love if p.match.matches(tp)],
+            )
+    else:
+        at = base
+
+        def stage_hit(i: int, tp: Touchpoint) -> bool:
+            return bool(tp.bits >> (at + i) & 1)
+
+        def signals(tp: Touchpoint) -> tuple[list[str], list[str]]:
+            bits = tp.bits >> (at + n_stages)
+            if not bits:
+                return [], []
+            pain = [p.name for k, p in enumerate(journey.pain) if bits >> k & 1]
+            love = [p.name for k, p in enumerate(journey.love) if bits >> (n_pain + k) & 1]
+            return pain, love
+
     last_level = len(stages)
     inst: _Open | None = None
     last: Touchpoint | None = None
@@ -107,7 +141,7 @@ def evaluate(journey: Journey, customer: str, history: list[Touchpoint], now: in
         if inst is not None:
             inst = pass_time(inst, tp.t)
         if inst is None:
-            if stages[0].match.matches(tp):
+            if stage_hit(0, tp):
                 expires = tp.t + journey.window_ms
                 inst = _Open(
                     start=tp.t,
@@ -132,10 +166,11 @@ def evaluate(journey: Journey, customer: str, history: list[Touchpoint], now: in
             last = tp
             continue
         if inst.dropped_at is None:
-            inst.pain.extend(s.name for s in journey.pain if s.match.matches(tp))
-            inst.love.extend(s.name for s in journey.love if s.match.matches(tp))
+            pain, love = signals(tp)
+            inst.pain.extend(pain)
+            inst.love.extend(love)
         nxt = stages[inst.level]
-        if nxt.match.matches(tp):
+        if stage_hit(inst.level, tp):
             if inst.dropped_at is not None:
                 out.append(
                     Recovery(
@@ -178,7 +213,9 @@ def evaluate(journey: Journey, customer: str, history: list[Touchpoint], now: in
     return out
 
 
-def next_deadline(journey: Journey, history: list[Touchpoint], now: int) -> int | None:
+def next_deadline(
+    journey: Journey, history: list[Touchpoint], now: int, base: int | None = None
+) -> int | None:
     """The earliest drop-off deadline not yet passed at ``now``: when a timer must look again.
 
     Evaluating as of the far future lists every drop-off the history leads to if nothing else
@@ -212,6 +249,21 @@ class JourneyEngine:
     def __init__(self, journeys: Iterable[Journey], *, lateness_ms: int) -> None:
         self.journeys = tuple(journeys)
         self.lateness_ms = lateness_ms
+        self.bases: list[int] = []
+        self.rules: list[Any] = []
+        for j in self.journeys:
+            self.bases.append(len(self.rules))
+            self.rules += [s.match for s in j.stages] + [p.match for p in (*j.pain, *j.love)]
+        digest = hashlib.sha1(repr(self.journeys).encode(), usedforsecurity=False)
+        self.fingerprint = digest.hexdigest()[:12]  # what a touchpoint's bits refer to
+
+    def signature(self, tp: Touchpoint) -> int:
+        """The bits of every rule ``tp`` matches."""
+        bits = 0
+        for i, rule in enumerate(self.rules):
+            if rule.matches(tp):
+                bits |= 1 << i
+        return bits
 
     def is_late(self, tp: Touchpoint, now: int) -> bool:
         """Rule 6: data arriving more than L after its event time stays out of journeys."""
@@ -224,14 +276,16 @@ class JourneyEngine:
             if tp.message_id in state.seen:
                 continue
             state.seen.add(tp.message_id)
+            if tp.bits < 0:
+                tp = replace(tp, bits=self.signature(tp))
             bisect.insort(state.history, tp, key=lambda x: x.order)
             added += 1
         return added
 
     def results(self, state: CustomerState, now: int) -> Counter[Result]:
         out: Counter[Result] = Counter()
-        for journey in self.journeys:
-            out.update(evaluate(journey, state.customer, state.history, now))
+        for journey, base in zip(self.journeys, self.bases, strict=True):
+            out.update(evaluate(journey, state.customer, state.history, now, base))
         return out
 
     def settle(self, state: CustomerState, now: int) -> list[Change]:
@@ -254,6 +308,8 @@ class JourneyEngine:
 
     def next_deadline(self, state: CustomerState, now: int) -> int | None:
         deadlines = [
-            d for j in self.journeys if (d := next_deadline(j, state.history, now)) is not None
+            d
+            for j, base in zip(self.journeys, self.bases, strict=True)
+            if (d := next_deadline(j, state.history, now, base)) is not None
         ]
         return min(deadlines) if deadlines else None
