@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
 import faust
 
@@ -19,6 +20,21 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+def _credentials(settings: Settings) -> faust.SASLCredentials | None:
+    """SASL for a production cluster, from the same settings the collector uses."""
+    if not settings.kafka_sasl_mechanism:
+        return None
+    ssl_context = (
+        ssl.create_default_context() if "SSL" in settings.kafka_security_protocol else None
+    )
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=ssl_context,
+    )
+
+
 def create_app(
     settings: Settings,
     bootstrap: str,
@@ -30,6 +46,7 @@ def create_app(
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
+        broker_credentials=_credentials(settings),
         broker=broker_urls(bootstrap),
         store="memory://",
         web_enabled=False,

@@ -66,3 +66,22 @@ def test_dockerfile_installs_the_package_and_its_entry_point() -> None:
     assert 'ENTRYPOINT ["tracker"]' in text
     for path in re.findall(r"^COPY (\S+)", text, re.M):
         assert Path(REPO_ROOT, path).exists(), path
+
+
+def test_worker_takes_sasl_credentials_from_the_settings() -> None:
+    from streams.app import _credentials
+
+    assert _credentials(Settings()) is None
+    creds = _credentials(
+        Settings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username="tracker",
+            kafka_sasl_password="s3cret",  # type: ignore[arg-type]
+        )
+    )
+    assert creds is not None
+    assert (creds.username, creds.password, str(creds.mechanism.value)) == (
+        "tracker", "s3cret", "SCRAM-SHA-512",
+    )  # fmt: skip
+    assert creds.ssl_context is not None
