@@ -74,6 +74,3 @@ class Identities:
         """The customer key of ``any_id``."""
         latest = self._latest.get(self._find(any_id))
         return latest.user_id if latest is not None else any_id
-
-    def same_customer(self, a: str, b: str) -> bool:
-        return self._find(a) == self._find(b)

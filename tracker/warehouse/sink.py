@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from tracker.core.journeys.codec import RESULT_COLUMNS
 from tracker.errors import WarehouseError
 from tracker.metrics import Metrics
 from tracker.warehouse.client import Warehouse
@@ -56,14 +57,14 @@ def touchpoint_row(record: dict[str, Any], partition: int, offset: int) -> list[
     ]
 
 
-RESULT_TIME_COLUMNS = ("instance_start", "at", "since")
+_RESULT_TIMES = tuple(RESULT_COLUMNS.index(c) for c in ("instance_start", "at", "since"))
 
 
 def result_db_row(row: list[Any]) -> list[Any]:
     """A ``journey_results`` row from :func:`tracker.core.journeys.codec.result_row`, with its
     epoch-ms times as DateTime64 values."""
     out = list(row)
-    for i in (4, 7, 8):  # instance_start, at, since
+    for i in _RESULT_TIMES:
         out[i] = _dt(out[i])
     return out
 
