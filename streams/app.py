@@ -60,9 +60,9 @@ def create_app(
         producer_acks=-1,
         table_standby_replicas=0,
         broker_session_timeout=settings.worker_session_timeout,
-        # Events waiting in a noack_take buffer when a rebalance starts are dropped by faust and
-        # never acked, so waiting for every event to be acked can hang the rebalance for good.
-        # They are not committed either: the partition's next owner reads them again.
+        # The batcher never acks events it received before a rebalance (see streams/batching.py),
+        # so waiting for every event to be acked would hang the rebalance for good. Unacked
+        # events are not committed either: they are read again.
         stream_wait_empty=False,
         broker_heartbeat_interval=settings.worker_session_timeout / 4,
     )

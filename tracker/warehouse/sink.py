@@ -1,6 +1,6 @@
-"""Writes touchpoint records to ClickHouse in batches, retrying until the write succeeds.
+"""Writes rows to a ClickHouse table in batches, retrying until the write succeeds.
 
-The caller commits Kafka offsets only after :meth:`TouchpointSink.write` returned: a batch that was
+The caller commits Kafka offsets only after :meth:`TableSink.write` returned: a batch that was
 not written is never committed. While a write is retried the caller's loop is blocked, so
 consumption pauses instead of memory growing.
 """
