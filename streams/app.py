@@ -8,6 +8,7 @@ import ssl
 import faust
 
 from streams.journeys import JourneyAgents
+from streams.offsets import read_uncommitted_from_start
 from tracker.core.journeys.engine import JourneyEngine
 from tracker.metrics import Metrics
 from tracker.settings import Settings
@@ -66,7 +67,8 @@ def create_app(
         stream_wait_empty=False,
         broker_heartbeat_interval=settings.worker_session_timeout / 4,
     )
-    JourneyAgents(
+    agents = JourneyAgents(
         app, settings, engine, touchpoint_sink=sink, results_sink=results_sink, metrics=metrics
     )
+    read_uncommitted_from_start(app.consumer, agents.source_topics)
     return app

@@ -123,6 +123,11 @@ class JourneyAgents:
         self._sent_links: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._install()
 
+    def source_topics(self) -> list[str]:
+        """The topics the agents read (not the tables' changelogs)."""
+        topics = (self.touchpoints, self.journey_input, self.links_topic)
+        return [t.get_topic_name() for t in topics]
+
     # -- wiring ----------------------------------------------------------------------------------
 
     def _install(self) -> None:

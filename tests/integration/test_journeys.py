@@ -188,11 +188,23 @@ def _assigned(worker: Process) -> int:
     return -1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open bug: in about 1 run of 3, one message sent right after the second worker "
-    "joined is not handled by either worker within 60 s (it never reaches the journey agents)",
-)
+def _customers_on_every_partition(unique: str, partitions: int, each: int) -> list[str]:
+    """Customer ids whose keys land ``each`` on every partition (Kafka's default partitioner)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    choose = DefaultPartitioner()
+    everyone = list(range(partitions))
+    picked: dict[int, list[str]] = {p: [] for p in everyone}
+    i = 0
+    while any(len(ids) < each for ids in picked.values()):
+        user = f"{unique}-c{i}"
+        ids = picked[choose(user.encode(), everyone, everyone)]
+        if len(ids) < each:
+            ids.append(user)
+        i += 1
+    return [user for ids in picked.values() for user in ids]
+
+
 def test_two_workers_share_the_partitions_and_stitch_across_them(
     journey_settings: Settings, kafka: EmbeddedKafka, collector: Process, tmp_path: Path,
     unique: str,
@@ -207,7 +219,8 @@ def test_two_workers_share_the_partitions_and_stitch_across_them(
         wait_until(lambda: sorted(_assigned(w) for w in workers) == [2, 2], timeout=60,
                    what="two workers with two partitions each")  # fmt: skip
         t0 = int(time.time() * 1000) - 30_000
-        customers = [f"{unique}-c{i}" for i in range(12)]
+        # Keys on every partition, so that each worker has customers of its own to hold.
+        customers = _customers_on_every_partition(unique, journey_settings.topic_partitions, 3)
         for i, user in enumerate(customers):
             anon = f"{user}-anon"
             send(
