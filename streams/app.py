@@ -8,12 +8,15 @@ import ssl
 import faust
 
 from streams.journeys import JourneyAgents
+from streams.lag import publish_lags
 from tracker.core.journeys.engine import JourneyEngine
 from tracker.metrics import Metrics
 from tracker.settings import Settings
 from tracker.warehouse.sink import TableSink
 
 log = logging.getLogger(__name__)
+
+LAG_INTERVAL = 1.0  # seconds between consumer lag updates
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -69,4 +72,10 @@ def create_app(
     JourneyAgents(
         app, settings, engine, touchpoint_sink=sink, results_sink=results_sink, metrics=metrics
     )
+
+    @app.timer(LAG_INTERVAL)
+    async def consumer_lag() -> None:
+        if not app.rebalancing:
+            publish_lags(metrics, app.consumer)
+
     return app

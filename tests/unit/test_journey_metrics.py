@@ -1,0 +1,191 @@
+"""Journey metrics from the engine's signed changes, each on a fresh registry."""
+
+from __future__ import annotations
+
+from itertools import count
+from typing import Any
+
+import pytest
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+
+from streams.journey_metrics import JourneyMetrics
+from streams.lag import lags, publish_lags
+from tracker.core.journeys.definition import loads
+from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint
+from tracker.metrics import Metrics
+
+MIN = 60_000
+JOURNEYS = loads(
+    """
+journeys:
+  - name: shop
+    window: 1h
+    stages:
+      - {name: browse, match: {event: Product Viewed}, timeout: 10m}
+      - {name: cart, match: {event: Product Added}, timeout: 5m}
+      - {name: paid, match: {event: Order Completed}}
+    pain:
+      - {name: payment_failed, match: {event: Payment Failed}}
+    love:
+      - {name: helpful_chat, match: {event: Chat Rated}}
+"""
+)
+_ids = count()
+
+
+class Fixture:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.engine = JourneyEngine(JOURNEYS, lateness_ms=10**12)
+        self.observed = JourneyMetrics(JOURNEYS, self.metrics, partitions=4)
+        self.states: dict[str, CustomerState] = {}
+
+    def send(self, customer: str, now_min: float, *events: tuple[float, str]) -> None:
+        state = self.states.setdefault(customer, CustomerState(customer))
+        tps = [
+            Touchpoint(int(m * MIN), f"m{next(_ids)}", "track", e, "web", "", {}) for m, e in events
+        ]
+        self.engine.add(state, tps)
+        self.observed.changes(state, self.engine.settle(state, int(now_min * MIN)))
+
+    def merge_away(self, customer: str) -> None:
+        state = self.states.pop(customer)
+        self.observed.changes(state, self.engine.retract_all(state))
+
+    def value(self, name: str, **labels: str) -> float:
+        got = self.registry.get_sample_value(name, labels)
+        assert got is not None, f"no sample {name}{labels}"
+        return got
+
+    def net(self, kind: str, stage: str, journey: str = "shop") -> float:
+        labels = {"journey": journey, "kind": kind, "stage": stage}
+        return self.value("tracker_journey_results_total", **labels) - self.value(
+            "tracker_journey_corrections_total", **labels
+        )
+
+    def open(self, stage: str) -> float:
+        return self.value("tracker_journey_open_instances", journey="shop", stage=stage)
+
+
+@pytest.fixture
+def fx() -> Fixture:
+    return Fixture()
+
+
+def test_every_label_set_exists_at_zero_before_any_traffic(fx: Fixture) -> None:
+    for stage in ("browse", "cart", "paid"):
+        for kind in ("stage", "dropoff", "recovery", "advance"):
+            assert fx.net(kind, stage) == 0
+        assert fx.open(stage) == 0
+        for kind, signal in (("pain", "payment_failed"), ("love", "helpful_chat")):
+            labels = {"journey": "shop", "stage": stage, "kind": kind, "signal": signal}
+            assert fx.value("tracker_journey_signals_total", **labels) == 0
+            assert fx.value("tracker_journey_signal_corrections_total", **labels) == 0
+    assert fx.net("conversion", "") == 0
+    assert fx.value("tracker_journey_time_to_convert_seconds_count", journey="shop") == 0
+
+
+def test_a_conversion_counts_entries_advances_and_durations(fx: Fixture) -> None:
+    fx.send("c1", 4, (0, "Product Viewed"), (1, "Product Added"), (3, "Order Completed"))
+    assert [fx.net("stage", s) for s in ("browse", "cart", "paid")] == [1, 1, 1]
+    assert [fx.net("advance", s) for s in ("browse", "cart", "paid")] == [1, 1, 0]
+    assert fx.net("conversion", "") == 1
+    assert [fx.open(s) for s in ("browse", "cart", "paid")] == [0, 0, 0]
+    assert fx.value("tracker_journey_time_to_convert_seconds_sum", journey="shop") == 180
+    assert (
+        fx.value("tracker_journey_time_at_stage_seconds_sum", journey="shop", stage="browse") == 60
+    )
+    assert (
+        fx.value("tracker_journey_time_at_stage_seconds_sum", journey="shop", stage="cart") == 120
+    )
+
+
+def test_open_instances_follow_stages_drop_offs_and_recoveries(fx: Fixture) -> None:
+    fx.send("c1", 1, (0, "Product Viewed"))
+    fx.send("c2", 2, (0, "Product Viewed"), (1, "Product Added"))
+    assert (fx.open("browse"), fx.open("cart")) == (1, 1)
+    # c1's browse deadline (10 min) passes, with a pain signal seen at that stage.
+    fx.send("c1", 11, (5, "Payment Failed"))
+    assert (fx.net("dropoff", "browse"), fx.open("browse")) == (1, 0)
+    pain = {"journey": "shop", "stage": "browse", "kind": "pain", "signal": "payment_failed"}
+    assert fx.value("tracker_journey_signals_total", **pain) == 1
+    # c1 comes back and adds to the cart: a recovery at browse, open at cart.
+    fx.send("c1", 12, (12, "Product Added"))
+    assert fx.net("recovery", "browse") == 1
+    assert (fx.open("browse"), fx.open("cart")) == (0, 2)
+
+
+def test_a_late_touchpoint_withdraws_a_drop_off_and_its_signals(fx: Fixture) -> None:
+    fx.send("c1", 11, (0, "Product Viewed"), (5, "Payment Failed"))
+    assert fx.net("dropoff", "browse") == 1
+    # A touchpoint from before the deadline shows the customer had moved on in time.
+    fx.send("c1", 11, (8, "Product Added"))
+    assert fx.value(
+        "tracker_journey_corrections_total", journey="shop", kind="dropoff", stage="browse"
+    ) == 1  # fmt: skip
+    assert fx.net("dropoff", "browse") == 0
+    pain = {"journey": "shop", "stage": "browse", "kind": "pain", "signal": "payment_failed"}
+    assert fx.value("tracker_journey_signals_total", **pain) == 1
+    assert fx.value("tracker_journey_signal_corrections_total", **pain) == 1
+    assert (fx.open("browse"), fx.open("cart")) == (0, 1)
+
+
+def test_a_merged_customer_is_withdrawn_everywhere(fx: Fixture) -> None:
+    fx.send("anon", 2, (0, "Product Viewed"), (1, "Product Added"))
+    fx.merge_away("anon")
+    assert fx.net("stage", "browse") == 0
+    assert fx.net("advance", "browse") == 0
+    assert (fx.open("browse"), fx.open("cart")) == (0, 0)
+
+
+def test_partitions_are_dropped_and_recounted_from_states(fx: Fixture) -> None:
+    for i in range(20):
+        fx.send(f"c{i}", 1, (0, "Product Viewed"))
+    assert fx.open("browse") == 20
+    by_partition: dict[int, int] = {}
+    for key in fx.states:
+        p = fx.observed.partition(key)
+        by_partition[p] = by_partition.get(p, 0) + 1
+    assert len(by_partition) > 1
+    fx.observed.drop([0, 1])
+    assert fx.open("browse") == 20 - by_partition.get(0, 0) - by_partition.get(1, 0)
+    # After a rebalance the worker owns partitions 0 and 3: recount from their states.
+    fx.observed.reset()
+    assert fx.open("browse") == 0
+    for key, state in fx.states.items():
+        if fx.observed.partition(key) in (0, 3):
+            fx.observed.add_state(state)
+    assert fx.open("browse") == by_partition.get(0, 0) + by_partition.get(3, 0)
+    # Counting the same changes again from a recount lands where live counting did.
+    fx.observed.reset()
+    for state in fx.states.values():
+        fx.observed.add_state(state)
+    assert fx.open("browse") == 20
+
+
+def test_consumer_lag_is_highwater_minus_committed_for_owned_partitions() -> None:
+    metrics = Metrics(CollectorRegistry())
+    a, b, c = TP("t", 0), TP("t", 1), TP("t", 2)
+
+    class Consumer:
+        def __init__(self) -> None:
+            self._committed_offset: dict[Any, int | None] = {a: 90, b: 10, c: None}
+            self.owned = {a, b, c}
+
+        def highwater(self, part: Any) -> int:
+            return {0: 100, 1: 10, 2: 5}[part.partition]
+
+        def assignment(self) -> set[Any]:
+            return self.owned
+
+    consumer = Consumer()
+    assert lags(consumer, {a, b, c}) == {("t", 0): 10, ("t", 1): 0}
+    publish_lags(metrics, consumer)
+    value = metrics.registry.get_sample_value
+    assert value("tracker_consumer_lag_messages", {"topic": "t", "partition": "0"}) == 10
+    consumer.owned = {b}
+    publish_lags(metrics, consumer)
+    assert value("tracker_consumer_lag_messages", {"topic": "t", "partition": "0"}) is None
+    assert value("tracker_consumer_lag_messages", {"topic": "t", "partition": "1"}) == 0
