@@ -51,6 +51,12 @@ journeys:
       - {{name: payment_failed, match: {{event: Payment Failed}}}}
     love:
       - {{name: fast_payment, match: {{event: Payment Method Selected}}}}
+  - name: slow_shop
+    window: 1d
+    stages:
+      - {{name: browse, match: {{event: Slow Viewed}}, timeout: 1h}}
+      - {{name: cart, match: {{event: Slow Added}}, timeout: 1h}}
+      - {{name: paid, match: {{event: Slow Paid}}}}
 """
 # Grafana's built-in variables, at values that fit a 1 s scrape interval and a short test.
 BUILTINS = {"__rate_interval": "30s", "__interval": "5s", "__range": "10m"}
@@ -325,3 +331,50 @@ def test_every_dashboard_query_and_alert_rule_returns_series(
         "invalid_message",
     }
     assert by("Open instances per stage", "stage") == {"browse": 0, "cart": 0, "paid": 0}
+
+
+def open_instances(worker: Process) -> dict[str, float]:
+    """``tracker_journey_open_instances`` of slow_shop, read from the worker's /metrics."""
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(
+            r'tracker_journey_open_instances\{journey="slow_shop",stage="(\w+)"\} (\S+)', line
+        )
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def test_open_instances_survive_a_worker_crash(
+    prom_settings: Settings, kafka: EmbeddedKafka, tmp_path: Path, unique: str
+) -> None:
+    collector = Process("collector", prom_settings, kafka.bootstrap, tmp_path).wait_ready()
+    workers: list[Process] = []
+    try:
+        workers.append(Process("worker", prom_settings, kafka.bootstrap, tmp_path).wait_ready())
+        t0 = int(time.time() * 1000)
+        batch = [track(f"v{i}", t0, "Slow Viewed", f"{unique}-{i}") for i in range(5)]
+        batch += [track(f"a{i}", t0 + 1, "Slow Added", f"{unique}-{i}") for i in range(2)]
+        status, body = post(f"{collector.url}/v1/batch", orjson.dumps({"batch": batch}))
+        assert status == 200, body
+        want = {"browse": 3.0, "cart": 2.0, "paid": 0.0}
+        wait_until(lambda: open_instances(workers[0]) == want, timeout=60,
+                   what="open instances counted live")  # fmt: skip
+        workers[0].kill()
+        # A new worker starts from zero and recounts the customers it recovers from Kafka.
+        workers.append(Process("worker", prom_settings, kafka.bootstrap, tmp_path).wait_ready())
+        wait_until(lambda: open_instances(workers[1]) == want, timeout=90,
+                   what="open instances recounted after the restart")  # fmt: skip
+        # And they move on from there: one customer pays.
+        paid = track("p0", t0 + 2, "Slow Paid", f"{unique}-0")
+        status, body = post(f"{collector.url}/v1/batch", orjson.dumps({"batch": [paid]}))
+        assert status == 200, body
+        wait_until(lambda: open_instances(workers[1]) == {**want, "cart": 1.0}, timeout=60,
+                   what="the conversion counted after the restart")  # fmt: skip
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.stop()
+        collector.stop()

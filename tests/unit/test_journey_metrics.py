@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from itertools import count
 from typing import Any
 
 import pytest
 from faust.types import TP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from streams.journey_metrics import JourneyMetrics
 from streams.lag import lags, publish_lags
 from tracker.core.journeys.definition import loads
 from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint
+from tracker.core.journeys.results import Conversion, DropOff, StageEntered
 from tracker.metrics import Metrics
 
 MIN = 60_000
@@ -189,3 +194,65 @@ def test_consumer_lag_is_highwater_minus_committed_for_owned_partitions() -> Non
     publish_lags(metrics, consumer)
     assert value("tracker_consumer_lag_messages", {"topic": "t", "partition": "0"}) is None
     assert value("tracker_consumer_lag_messages", {"topic": "t", "partition": "1"}) == 0
+
+
+def _open_oracle(states: Iterable[CustomerState]) -> Counter[tuple[str, str]]:
+    """Open instances from scratch: per instance, the furthest stage entered, unless the instance
+    converted or dropped off at that stage."""
+    out: Counter[tuple[str, str]] = Counter()
+    for state in states:
+        furthest: dict[tuple[str, str], StageEntered] = {}
+        closed: set[tuple[str, str, int]] = set()
+        for r in state.emitted:
+            if isinstance(r, StageEntered):
+                key = (r.journey, r.instance)
+                if key not in furthest or r.level > furthest[key].level:
+                    furthest[key] = r
+            elif isinstance(r, DropOff):
+                closed.add((r.journey, r.instance, r.level))
+            elif isinstance(r, Conversion):
+                closed.add((r.journey, r.instance, -1))
+        for (journey, instance), r in furthest.items():
+            if not {(journey, instance, r.level), (journey, instance, -1)} & closed:
+                out[(journey, r.stage)] += 1
+    return out
+
+
+EVENTS = ["Product Viewed", "Product Added", "Order Completed", "Payment Failed", "Chat Rated"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),  # customer
+            st.lists(st.tuples(st.integers(0, 40), st.sampled_from(EVENTS)), max_size=4),
+            st.integers(0, 60),  # minutes the clock advances by
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["a", "b", "c", None]),  # a customer merged away at the end
+)
+def test_live_open_counts_equal_a_recount_and_the_definition(
+    steps: list[tuple[str, list[tuple[int, str]], int]], merged: str | None
+) -> None:
+    fx = Fixture()
+    now = 0
+    for customer, events, advance in steps:
+        now += advance
+        fx.send(customer, now, *events)
+    if merged in fx.states:
+        fx.merge_away(merged)
+    stages = ("browse", "cart", "paid")
+    expected = _open_oracle(fx.states.values())
+    assert [fx.open(s) for s in stages] == [expected[("shop", s)] for s in stages]
+    fx.observed.reset()
+    for state in fx.states.values():
+        fx.observed.add_state(state)
+    assert [fx.open(s) for s in stages] == [expected[("shop", s)] for s in stages]
+    # Net result counts never go below zero, and entries minus exits is what is open.
+    for s in stages:
+        assert min(fx.net(k, s) for k in ("stage", "dropoff", "recovery", "advance")) >= 0
+    assert fx.net("stage", "browse") - fx.net("advance", "browse") - fx.net(
+        "dropoff", "browse"
+    ) + fx.net("recovery", "browse") == fx.open("browse")
