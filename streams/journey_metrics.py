@@ -8,9 +8,10 @@ sides.
 
 Open instances per stage are a sum of per-result contributions, so signed changes keep them right:
 entering stage L is +1 at L and -1 at L-1; a drop-off at S is -1 at S, a recovery at S +1 at S
-(the instance then enters the next stage); a conversion is -1 at the last stage. Counts are kept
-per partition of the customer key: when partitions are revoked they are dropped, and after a
-rebalance the worker recounts its partitions from the customer states it recovered.
+(the instance then enters the next stage); a conversion is -1 at the last stage. faust revokes
+every partition at a rebalance (and the agents then own none), so the counts are dropped there;
+after the rebalance the worker recounts them from the customer states of the partitions it owns.
+The gauge reads the counts when scraped.
 
 Durations are observed when a result is first emitted; a re-emission under another customer key
 (after an identity merge) is observed again.
@@ -20,8 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-
-from aiokafka.partitioner import murmur2
+from typing import Any
 
 from tracker.core.journeys.definition import Journey
 from tracker.core.journeys.engine import Change, CustomerState
@@ -34,12 +34,13 @@ _Key = tuple[str, str]  # (journey, stage)
 
 
 class JourneyMetrics:
-    def __init__(self, journeys: Iterable[Journey], metrics: Metrics, partitions: int) -> None:
+    def __init__(self, journeys: Iterable[Journey], metrics: Metrics) -> None:
         self.metrics = metrics
-        self.partitions = partitions
         self.stages = {j.name: [s.name for s in j.stages] for j in journeys}
-        self.open: dict[int, Counter[_Key]] = {}
-        self.totals: Counter[_Key] = Counter()
+        self.open: Counter[_Key] = Counter()
+        # Metric children by (metric, labels): labels() takes a lock and builds a key each time,
+        # and this runs for every result. Bounded by the label sets of the definitions.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         for journey in journeys:
             self._create_series(journey)
 
@@ -53,15 +54,19 @@ class JourneyMetrics:
                 m.journey_results.labels(name, kind, stage.name)
                 m.journey_corrections.labels(name, kind, stage.name)
             m.time_at_stage.labels(name, stage.name)
-            m.open_instances.labels(name, stage.name).set(0)
+            key = (name, stage.name)
+            m.open_instances.labels(*key).set_function(lambda key=key: self.open[key])
             for kind, signals in (("pain", journey.pain), ("love", journey.love)):
                 for signal in signals:
                     m.journey_signals.labels(name, stage.name, kind, signal.name)
                     m.journey_signal_corrections.labels(name, stage.name, kind, signal.name)
 
-    def partition(self, key: str) -> int:
-        """The partition a customer key lives in (Kafka's default partitioner)."""
-        return (murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     # -- what the journey agents call --------------------------------------------------------------
 
@@ -71,14 +76,13 @@ class JourneyMetrics:
             return
         withdrawn = {_identity(r) for sign, r in changes if sign < 0}
         entered: dict[tuple[str, str, int], int] | None = None
-        opened: Counter[_Key] = Counter()
         for sign, result in changes:
             self._count(sign, result)
-            self._open_delta(sign, result, opened)
+            self._open_delta(sign, result)
             if sign < 0 or _identity(result) in withdrawn:
                 continue
             if isinstance(result, Conversion):
-                self.metrics.time_to_convert.labels(result.journey).observe(
+                self._child(self.metrics.time_to_convert, result.journey).observe(
                     result.time_to_convert_ms / 1000
                 )
             elif isinstance(result, StageEntered) and result.level > 1:
@@ -87,55 +91,42 @@ class JourneyMetrics:
                 since = entered.get((result.journey, result.instance, result.level - 1))
                 if since is not None:
                     stage = self.stages[result.journey][result.level - 2]
-                    self.metrics.time_at_stage.labels(result.journey, stage).observe(
+                    self._child(self.metrics.time_at_stage, result.journey, stage).observe(
                         (result.at - since) / 1000
                     )
-        self._add_open(self.partition(state.customer), opened)
-
-    def drop(self, partitions: Iterable[int]) -> None:
-        """Forget the counts of partitions this worker no longer owns."""
-        touched: set[_Key] = set()
-        for partition in partitions:
-            counts = self.open.pop(partition, Counter())
-            self.totals.subtract(counts)
-            touched.update(counts)
-        self._publish(touched)
 
     def reset(self) -> None:
-        """Forget every partition: a rebalance took them, or a recount starts."""
-        keys = set(self.totals)
-        self.open = {}
-        self.totals = Counter()
-        self._publish(keys)
+        """Forget the open instances: a rebalance took the partitions, or a recount starts."""
+        self.open.clear()
 
     def add_state(self, state: CustomerState) -> None:
         """Count the open instances of a recovered customer state (after :meth:`reset`)."""
-        opened: Counter[_Key] = Counter()
         for result, n in state.emitted.items():
-            self._open_delta(n, result, opened)
-        self._add_open(self.partition(state.customer), opened)
+            self._open_delta(n, result)
 
     # -- internals ---------------------------------------------------------------------------------
 
     def _count(self, sign: int, r: Result) -> None:
         m = self.metrics
         counter = m.journey_results if sign > 0 else m.journey_corrections
+        child = self._child
         if isinstance(r, StageEntered):
-            counter.labels(r.journey, "stage", r.stage).inc()
+            child(counter, r.journey, "stage", r.stage).inc()
             if r.level > 1:
-                counter.labels(r.journey, "advance", self.stages[r.journey][r.level - 2]).inc()
+                child(counter, r.journey, "advance", self.stages[r.journey][r.level - 2]).inc()
         elif isinstance(r, DropOff):
-            counter.labels(r.journey, "dropoff", r.stage).inc()
+            child(counter, r.journey, "dropoff", r.stage).inc()
             signals = m.journey_signals if sign > 0 else m.journey_signal_corrections
             for kind, names in (("pain", r.pain), ("love", r.love)):
                 for name in names:
-                    signals.labels(r.journey, r.stage, kind, name).inc()
+                    child(signals, r.journey, r.stage, kind, name).inc()
         elif isinstance(r, Recovery):
-            counter.labels(r.journey, "recovery", r.stage).inc()
+            child(counter, r.journey, "recovery", r.stage).inc()
         else:
-            counter.labels(r.journey, "conversion", "").inc()
+            child(counter, r.journey, "conversion", "").inc()
 
-    def _open_delta(self, sign: int, r: Result, out: Counter[_Key]) -> None:
+    def _open_delta(self, sign: int, r: Result) -> None:
+        out = self.open
         if isinstance(r, StageEntered):
             out[(r.journey, r.stage)] += sign
             if r.level > 1:
@@ -146,20 +137,6 @@ class JourneyMetrics:
             out[(r.journey, r.stage)] += sign
         else:
             out[(r.journey, self.stages[r.journey][-1])] -= sign
-
-    def _add_open(self, partition: int, delta: Counter[_Key]) -> None:
-        counts = self.open.setdefault(partition, Counter())
-        touched = set()
-        for key, n in delta.items():
-            if n:
-                counts[key] += n
-                self.totals[key] += n
-                touched.add(key)
-        self._publish(touched)
-
-    def _publish(self, keys: set[_Key]) -> None:
-        for journey, stage in keys:
-            self.metrics.open_instances.labels(journey, stage).set(self.totals[(journey, stage)])
 
 
 def _identity(r: Result) -> tuple[type, str, str, int]:

@@ -97,7 +97,7 @@ class JourneyAgents:
         self.touchpoint_sink = touchpoint_sink
         self.sink = results_sink
         self.metrics = metrics
-        self.journey_metrics = JourneyMetrics(engine.journeys, metrics, settings.topic_partitions)
+        self.journey_metrics = JourneyMetrics(engine.journeys, metrics)
         n = settings.topic_partitions
         prefix = settings.app_id
         self.touchpoints = _raw_topic(app, settings.topic_touchpoints, n, internal=False)
@@ -149,7 +149,7 @@ class JourneyAgents:
         async def revoked(app: Any, revoked: Any = None, **kwargs: Any) -> None:
             for batcher in batchers:
                 batcher.revoke()
-            self.journey_metrics.drop(self.active)
+            self.journey_metrics.reset()
             self.active = set()
             self.metrics.assigned_partitions.set(0)
 
