@@ -79,8 +79,8 @@ class JourneyMetrics:
         for sign, result in changes:
             self._count(sign, result)
             self._open_delta(sign, result)
-            if sign < 0 or _identity(result) in withdrawn:
-                continue
+            if sign < 0 or (withdrawn and _identity(result) in withdrawn):
+                continue  # a correction re-emits a result whose duration was observed already
             if isinstance(result, Conversion):
                 self._child(self.metrics.time_to_convert, result.journey).observe(
                     result.time_to_convert_ms / 1000

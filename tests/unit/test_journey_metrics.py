@@ -137,6 +137,17 @@ def test_a_late_touchpoint_withdraws_a_drop_off_and_its_signals(fx: Fixture) -> 
     assert (fx.open("browse"), fx.open("cart")) == (0, 1)
 
 
+def test_a_corrected_conversion_is_observed_once(fx: Fixture) -> None:
+    fx.send("c1", 5, (0, "Product Viewed"), (1, "Product Added"), (4, "Order Completed"))
+    # An earlier order arrives late: the conversion moves from minute 4 to minute 2.
+    fx.send("c1", 5, (2, "Order Completed"))
+    assert fx.value(
+        "tracker_journey_corrections_total", journey="shop", kind="conversion", stage=""
+    ) == 1  # fmt: skip
+    assert fx.net("conversion", "") == 1
+    assert fx.value("tracker_journey_time_to_convert_seconds_count", journey="shop") == 1
+
+
 def test_a_merged_customer_is_withdrawn_everywhere(fx: Fixture) -> None:
     fx.send("anon", 2, (0, "Product Viewed"), (1, "Product Added"))
     fx.merge_away("anon")
