@@ -8,6 +8,7 @@ import ssl
 import faust
 
 from streams.journeys import JourneyAgents
+from streams.lag import publish_lags
 from streams.offsets import read_uncommitted_from_start
 from tracker.core.journeys.engine import JourneyEngine
 from tracker.metrics import Metrics
@@ -15,6 +16,8 @@ from tracker.settings import Settings
 from tracker.warehouse.sink import TableSink
 
 log = logging.getLogger(__name__)
+
+LAG_INTERVAL = 1.0  # seconds between consumer lag updates
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -71,4 +74,10 @@ def create_app(
         app, settings, engine, touchpoint_sink=sink, results_sink=results_sink, metrics=metrics
     )
     read_uncommitted_from_start(app.consumer, agents.source_topics)
+
+    @app.timer(LAG_INTERVAL)
+    async def consumer_lag() -> None:
+        if not app.rebalancing:
+            publish_lags(metrics, app.consumer)
+
     return app

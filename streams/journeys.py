@@ -37,6 +37,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from streams.batching import Batcher
+from streams.journey_metrics import JourneyMetrics
 from tracker.core.identity import Identities, Link, link_of
 from tracker.core.journeys.codec import (
     dump_state,
@@ -96,6 +97,7 @@ class JourneyAgents:
         self.touchpoint_sink = touchpoint_sink
         self.sink = results_sink
         self.metrics = metrics
+        self.journey_metrics = JourneyMetrics(engine.journeys, metrics)
         n = settings.topic_partitions
         prefix = settings.app_id
         self.touchpoints = _raw_topic(app, settings.topic_touchpoints, n, internal=False)
@@ -152,6 +154,7 @@ class JourneyAgents:
         async def revoked(app: Any, revoked: Any = None, **kwargs: Any) -> None:
             for batcher in batchers:
                 batcher.revoke()
+            self.journey_metrics.reset()
             self.active = set()
             self.metrics.assigned_partitions.set(0)
 
@@ -263,7 +266,9 @@ class JourneyAgents:
         state = self._load(member)
         if state is None:
             return
-        self._stage_rows(self.engine.retract_all(state), state.version)
+        retracted = self.engine.retract_all(state)
+        self._stage_rows(retracted, state.version)
+        self.journey_metrics.changes(state, retracted)
         self._dirty.pop(member, None)
         self._gone.add(member)
         self.metrics.identity_merges.inc()
@@ -314,12 +319,14 @@ class JourneyAgents:
 
     def _rebuild_timers(self, now: int) -> None:
         self.timers = []
+        self.journey_metrics.reset()
         for raw in self.customers.values():
             if not raw:
                 continue  # a deletion recovered from the changelog
             state = load_state(raw, self.engine.fingerprint)
             if not self._is_ours(state.customer):
                 continue
+            self.journey_metrics.add_state(state)
             deadline = self.engine.next_deadline(state, now)
             if deadline is not None:
                 self.timers.append((deadline, state.customer))
@@ -360,7 +367,7 @@ class JourneyAgents:
         deadline = self.engine.next_deadline(state, now)
         if deadline is not None:
             heapq.heappush(self.timers, (deadline, state.customer))
-        self.metrics.observe_changes(changes)
+        self.journey_metrics.changes(state, changes)
 
     def _stage_rows(self, changes: Iterable[Change], version: int) -> None:
         for sign, result in changes:

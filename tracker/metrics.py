@@ -1,18 +1,18 @@
 """Every Prometheus metric of the product, built on an injected registry.
 
-Labels come from bounded sets only (source, type, reason, table); never customer ids or URLs.
+Labels come from bounded sets only (source, type, reason, table, and the journey, stage and
+signal names of the journey definitions); never customer ids or URLs.
 Durations are in seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000)
+# Journey durations: seconds to weeks.
+_JOURNEY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400)
 
 
 class Metrics:
@@ -96,17 +96,52 @@ class Metrics:
             "Rows waiting to be written.",
             registry=registry,
         )
-        # Journeys.
+        # Journeys. A result later withdrawn (late data, an identity merge) is counted again in
+        # the *_corrections_total twin with the same labels, so the net count over a window is
+        # increase(results) - increase(corrections); the worker creates every label set at 0.
         self.journey_results = Counter(
             "tracker_journey_results_total",
-            "Journey results emitted (stage entries, drop-offs, recoveries, conversions).",
+            "Journey results emitted, by kind: stage (entries), dropoff, recovery, conversion, "
+            "advance (moved on from the stage to the next).",
             ["journey", "kind", "stage"],
             registry=registry,
         )
         self.journey_corrections = Counter(
             "tracker_journey_corrections_total",
             "Journey results withdrawn because later data changed them.",
-            ["journey", "kind"],
+            ["journey", "kind", "stage"],
+            registry=registry,
+        )
+        self.journey_signals = Counter(
+            "tracker_journey_signals_total",
+            "Pain and love signals carried by drop-offs, by the stage dropped at.",
+            ["journey", "stage", "kind", "signal"],
+            registry=registry,
+        )
+        self.journey_signal_corrections = Counter(
+            "tracker_journey_signal_corrections_total",
+            "Signals of drop-offs that were withdrawn.",
+            ["journey", "stage", "kind", "signal"],
+            registry=registry,
+        )
+        self.time_to_convert = Histogram(
+            "tracker_journey_time_to_convert_seconds",
+            "From an instance's first stage to its conversion (event time).",
+            ["journey"],
+            buckets=_JOURNEY_BUCKETS,
+            registry=registry,
+        )
+        self.time_at_stage = Histogram(
+            "tracker_journey_time_at_stage_seconds",
+            "How long instances stayed at a stage before moving on (event time).",
+            ["journey", "stage"],
+            buckets=_JOURNEY_BUCKETS,
+            registry=registry,
+        )
+        self.open_instances = Gauge(
+            "tracker_journey_open_instances",
+            "Journey instances at a stage now: entered, not moved on, not dropped off.",
+            ["journey", "stage"],
             registry=registry,
         )
         self.late_events = Counter(
@@ -119,18 +154,15 @@ class Metrics:
             "Customers folded into another customer by an identity link.",
             registry=registry,
         )
+        self.consumer_lag = Gauge(
+            "tracker_consumer_lag_messages",
+            "Messages in a partition this worker owns beyond its committed offset.",
+            ["topic", "partition"],
+            registry=registry,
+        )
 
         self.assigned_partitions = Gauge(
             "tracker_worker_assigned_partitions",
             "Partitions of the touchpoints topic this worker owns.",
             registry=registry,
         )
-
-    def observe_changes(self, changes: Iterable[tuple[int, Any]]) -> None:
-        for sign, result in changes:
-            kind = type(result).__name__
-            if sign > 0:
-                stage = getattr(result, "stage", "")
-                self.journey_results.labels(result.journey, kind, stage).inc()
-            else:
-                self.journey_corrections.labels(result.journey, kind).inc()

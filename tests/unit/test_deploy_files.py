@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,8 @@ import yaml
 from tracker.settings import REPO_ROOT, Settings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
+PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
+GRAFANA = REPO_ROOT / "deploy" / "grafana"
 
 
 def _compose() -> dict[str, Any]:
@@ -47,7 +52,7 @@ def test_compose_images_are_pinned() -> None:
         image = str(svc["image"])
         tag = image.rpartition(":")[2]
         assert ":" in image and tag != "latest", f"{name}: image {image} is not pinned"
-        assert re.fullmatch(r"\d+(\.\d+)+", tag), f"{name}: tag {tag} is not a version"
+        assert re.fullmatch(r"v?\d+(\.\d+)+", tag), f"{name}: tag {tag} is not a version"
 
 
 def test_compose_ports_match_the_settings_the_services_get() -> None:
@@ -85,3 +90,120 @@ def test_worker_takes_sasl_credentials_from_the_settings() -> None:
         "tracker", "s3cret", "SCRAM-SHA-512",
     )  # fmt: skip
     assert creds.ssl_context is not None
+
+
+# -- Prometheus and Grafana ------------------------------------------------------------------
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    return data
+
+
+def _datasources() -> list[dict[str, Any]]:
+    files = sorted((GRAFANA / "provisioning" / "datasources").glob("*.yml"))
+    assert files
+    return [ds for f in files for ds in _yaml(f)["datasources"]]
+
+
+def _dashboards() -> dict[str, dict[str, Any]]:
+    files = sorted((GRAFANA / "dashboards").glob("*.json"))
+    return {f.name: json.loads(f.read_text()) for f in files}
+
+
+def _panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every panel, also those inside collapsed rows."""
+    return [q for p in panels for q in (p, *_panels(p.get("panels", [])))]
+
+
+def test_prometheus_scrapes_the_compose_services_on_the_settings_ports() -> None:
+    compose = _compose()
+    config = _yaml(PROMETHEUS / "prometheus.yml")
+    targets = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in config["scrape_configs"]
+    }
+    tracker = _tracker_services(compose)
+    collector_port = tracker["collector"]["environment"]["TRACKER_COLLECTOR_PORT"]
+    worker_ports = {n: s["environment"]["TRACKER_WORKER_PORT"] for n, s in tracker.items()
+                    if s["command"][0] == "worker"}  # fmt: skip
+    assert collector_port == str(Settings().collector_port)
+    assert set(worker_ports.values()) == {str(Settings().worker_port)}
+    assert targets["tracker-collector"] == [f"collector:{collector_port}"]
+    assert sorted(targets["tracker-worker"]) == sorted(f"{n}:{p}" for n, p in worker_ports.items())
+    for path in config["rule_files"]:
+        assert (PROMETHEUS / path).is_file(), path
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in mounts
+    assert (
+        "--config.file=/etc/prometheus/prometheus.yml"
+        in compose["services"]["prometheus"]["command"]
+    )
+
+
+def test_alert_rules_are_valid_and_explained() -> None:
+    rules = [r for g in _yaml(PROMETHEUS / "alerts.yml")["groups"] for r in g["rules"]]
+    alerts = [r for r in rules if "alert" in r]
+    assert {"TrackerDropOffRateRising", "TrackerIngestStalled", "TrackerConsumerLagGrowing",
+            "TrackerSinkFailing"} <= {a["alert"] for a in alerts}  # fmt: skip
+    for alert in alerts:
+        assert alert["for"] and alert["labels"]["severity"] in {"warning", "critical"}, alert
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"], alert
+    promtool = shutil.which("promtool")
+    if promtool is None:  # without the Debian package: the YAML checks above only
+        return
+    for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"]):
+        done = subprocess.run([promtool, *args], cwd=PROMETHEUS, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def test_grafana_datasources_match_the_compose_services() -> None:
+    compose = _compose()
+    by_type = {ds["type"]: ds for ds in _datasources()}
+    assert by_type["prometheus"]["url"] == "http://prometheus:9090"
+    assert compose["services"]["prometheus"]["ports"] == ["9090:9090"]
+    ch = by_type["grafana-clickhouse-datasource"]["jsonData"]
+    server = compose["services"]["clickhouse"]
+    assert (ch["host"], ch["protocol"]) == ("clickhouse", "http")
+    assert f"{ch['port']}:{ch['port']}" in server["ports"]
+    assert ch["username"] == server["environment"]["CLICKHOUSE_USER"]
+    assert ch["defaultDatabase"] == Settings().clickhouse_database
+    grafana = compose["services"]["grafana"]
+    password_var = by_type["grafana-clickhouse-datasource"]["secureJsonData"]["password"]
+    assert (
+        grafana["environment"][password_var.lstrip("$")]
+        == (server["environment"]["CLICKHOUSE_PASSWORD"])
+    )
+    assert "grafana-clickhouse-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+
+
+def test_grafana_provisions_every_dashboard_file_in_the_folder() -> None:
+    providers = _yaml(GRAFANA / "provisioning" / "dashboards" / "dashboards.yml")["providers"]
+    mounts = dict(v.split(":")[1::-1] for v in _compose()["services"]["grafana"]["volumes"]
+                  if v.startswith("./"))  # fmt: skip
+    assert [p["type"] for p in providers] == ["file"]
+    # The provider reads a folder (every *.json in it), mounted from deploy/grafana/dashboards.
+    assert mounts[providers[0]["options"]["path"]] == "./deploy/grafana/dashboards"
+    assert {"journeys-live.json", "pipeline-health.json"} <= set(_dashboards())
+
+
+def test_dashboards_are_valid_with_unique_ids_and_known_datasources() -> None:
+    uids = {ds["uid"] for ds in _datasources()}
+    dashboard_uids = []
+    for name, board in _dashboards().items():
+        dashboard_uids.append(board["uid"])
+        panels = _panels(board["panels"])
+        ids = [p["id"] for p in panels]
+        assert len(ids) == len(set(ids)), f"{name}: panel ids repeat"
+        for panel in panels:
+            for ref in [
+                panel.get("datasource"),
+                *(t.get("datasource") for t in panel.get("targets", [])),
+            ]:
+                if isinstance(ref, dict):
+                    assert ref["uid"] in uids, f"{name} panel {panel['id']}: {ref}"
+        for var in board.get("templating", {}).get("list", []):
+            if isinstance(var.get("datasource"), dict):
+                assert var["datasource"]["uid"] in uids, f"{name} variable {var['name']}"
+    assert len(dashboard_uids) == len(set(dashboard_uids))

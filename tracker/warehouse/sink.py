@@ -86,6 +86,9 @@ class TableSink:
         self.table = table
         self.columns = columns
         self.retry_max_seconds = retry_max_seconds
+        for family in (metrics.sink_rows, metrics.sink_batches, metrics.sink_errors):
+            family.labels(table)  # at 0 from the start, so rates and alerts have a series
+        metrics.sink_seconds.labels(table)
 
     async def write(self, rows: list[list[Any]]) -> None:
         """Write ``rows``; on failure retry with capped exponential backoff until it succeeds."""
