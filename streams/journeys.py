@@ -162,12 +162,24 @@ class JourneyAgents:
         async def assigned(app: Any, assigned: Any = None, **kwargs: Any) -> None:
             ours = {self.touchpoints.get_topic_name(), self.journey_input.get_topic_name()}
             self.active = {tp.partition for tp in assigned or () if tp.topic in ours}
+            await self._learn_changelog_partitions()
             self.metrics.assigned_partitions.set(len(self.active))
 
         @self.app.on_rebalance_complete.connect
         async def rebalanced(app: Any, **kwargs: Any) -> None:
             self.timers_stale = True
             self.identities = None
+
+    async def _learn_changelog_partitions(self) -> None:
+        """Make the producer know every table's changelog topic before a table is written.
+
+        The tables pick a changelog partition with the producer's partitioner, which needs the
+        topic in the producer's metadata; a write before that (a new worker's first batch) would
+        fail with a TypeError inside aiokafka and crash the worker.
+        """
+        producer = self.app.producer._ensure_producer()  # aiokafka's; faust has no public way
+        for table in (self.customers, self.owners, self.links):
+            await producer.partitions_for(table.changelog_topic.get_topic_name())
 
     # -- touchpoints as they come from the collector ---------------------------------------------
 
