@@ -142,7 +142,7 @@ class TopicReader:
 
 @dataclass
 class Exchange:
-    """One request of the page to the collector, with its answer once it came."""
+    """One request of the page to the collector, with its status once known (0: failed)."""
 
     url: str
     sent: float
@@ -174,6 +174,7 @@ class Traffic:
     def attach(self, context: Any) -> None:
         context.on("request", self._request)
         context.on("response", self._response)
+        context.on("requestfailed", self._failed)
 
     def _request(self, request: Any) -> None:
         if request.method == "POST" and request.url.startswith(self.prefix):
@@ -187,3 +188,12 @@ class Traffic:
             exchange.status = response.status
             exchange.answered = time.monotonic()
             exchange.headers = dict(response.headers)
+
+    def _failed(self, request: Any) -> None:
+        exchange = self._open.pop(request, None)
+        if exchange is not None:
+            exchange.status = 0  # no answer: the network failed
+            exchange.answered = time.monotonic()
+
+    def failures(self) -> int:
+        return sum(1 for x in self.exchanges if x.status == 0)
