@@ -28,6 +28,15 @@ PIXEL = bytes.fromhex(
 )
 
 
+async def poll(predicate: Callable[[], Any], *, what: str, within: float = 30.0) -> Any:
+    """Wait until ``predicate()`` is truthy and return it; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
+        await asyncio.sleep(0.05)
+    return result
+
+
 class Site:
     """Every path serves the shop page with the snippet, except ``/plain`` (no tracking),
     ``/marker`` (an empty answer) and ``/slow.gif?ms=N`` (an image that takes N ms)."""
@@ -128,16 +137,17 @@ class TopicReader:
         what: str = "",
     ) -> Any:  # fmt: skip
         """Wait until ``predicate(records)`` is truthy; fail after ``within`` seconds."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+
+        def check() -> Any:
             if self._task is not None and self._task.done():
                 self._task.result()  # the reader failed: raise its error
-            result = predicate(self.records)
-            if result:
-                return result
-            await asyncio.sleep(0.05)
-        summary = [(r["type"], r["event"]) for r in self.records]
-        raise AssertionError(f"timed out after {within}s waiting for {what}; topic: {summary}")
+            return predicate(self.records)
+
+        try:
+            return await poll(check, what=what, within=within)
+        except AssertionError as exc:
+            summary = [(r["type"], r["event"]) for r in self.records]
+            raise AssertionError(f"{exc}; topic: {summary}") from None
 
 
 @dataclass
@@ -165,10 +175,11 @@ class Traffic:
 
     async def answered(self, within: float = 20.0) -> list[Exchange]:
         """The exchanges, once the browser has reported an answer to each."""
-        deadline = time.monotonic() + within
-        while any(x.status is None for x in self.exchanges):
-            assert time.monotonic() < deadline, f"requests unanswered after {within}s"
-            await asyncio.sleep(0.05)
+        await poll(
+            lambda: all(x.status is not None for x in self.exchanges),
+            what="answers to every request",
+            within=within,
+        )
         return self.exchanges
 
     def attach(self, context: Any) -> None:

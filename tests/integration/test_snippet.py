@@ -6,10 +6,8 @@ playwright and reads back what arrived in the touchpoints topic.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import re
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
-from tests.integration.browser import CHROMIUM, Site, TopicReader, Traffic
+from tests.integration.browser import CHROMIUM, Site, TopicReader, Traffic, poll
 from tests.integration.processes import Process
 from tracker.collector.sdk import SDK_PATH
 from tracker.kafka.broker import EmbeddedKafka
@@ -130,15 +128,6 @@ async def settle(page: Page) -> None:
     assert status == 204
 
 
-async def wait_until_async(
-    predicate: Callable[[], Any], *, what: str, within: float = 20.0
-) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def by_type(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [r for r in records if r["type"] == kind]
 
@@ -235,14 +224,14 @@ async def test_offline_events_arrive_after_reconnect_and_a_reload(shop: Shop) ->
     # Offline, then back online on the same page.
     await shop.ctx.set_offline(True)
     await page.evaluate("tracker.track('Offline One')")
-    await wait_until_async(lambda: shop.traffic.failures() >= 1, what="a failed attempt")
+    await poll(lambda: shop.traffic.failures() >= 1, what="a failed attempt")
     await shop.ctx.set_offline(False)
     await shop.wait(lambda rs: shop.events("Offline One"), what="Offline One")
 
     # Offline, then the page is reloaded (and fails to load) before the network returns.
     await shop.ctx.set_offline(True)
     await page.evaluate("tracker.track('Offline Two')")
-    await wait_until_async(lambda: shop.traffic.failures() >= 2, what="a second failed attempt")
+    await poll(lambda: shop.traffic.failures() >= 2, what="a second failed attempt")
     assert "Offline Two" in await page.evaluate("localStorage.getItem('tt_q')")
     with pytest.raises(PlaywrightError):
         await page.reload()
