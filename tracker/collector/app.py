@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tracker.collector.ingest import ParsedBatch, Rejected, decode_body, parse_batch, parse_json
 from tracker.collector.openapi import OPENAPI
 from tracker.collector.publisher import Publisher, encode_groups
+from tracker.collector.sdk import SDK_PATH, StaticScript
 from tracker.collector.sources import Source, Sources
 from tracker.errors import UnavailableError, ValidationError
 from tracker.metrics import Metrics
@@ -28,6 +29,8 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Request-Id",
     "Access-Control-Max-Age": "600",
+    # Browser senders read Retry-After to back off on 429 and 503.
+    "Access-Control-Expose-Headers": "Retry-After, X-Request-Id",
 }
 
 
@@ -60,6 +63,7 @@ class Collector:
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/openapi.json", self.handle_openapi)
+        app.router.add_get("/sdk.js", StaticScript(SDK_PATH).handle)
         app.on_response_prepare.append(self._cors)
         return app
 
