@@ -78,6 +78,36 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    import re
+
+    from tracker.collector import importer
+    from tracker.collector.sources import SOURCE_NAME
+
+    if not re.fullmatch(SOURCE_NAME, args.source):
+        print(f"tracker: --source {args.source!r} must match {SOURCE_NAME}", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"tracker: {args.file} is not a readable file", file=sys.stderr)
+        return 2
+    fmt = importer.file_format(args.file, args.format)
+    rejects = args.rejects.open("w", encoding="utf-8") if args.rejects else None
+    try:
+        result = asyncio.run(
+            importer.import_file(
+                settings, _bootstrap(settings), args.file, source=args.source, fmt=fmt,
+                channel=args.channel, rejects_out=rejects,
+            )
+        )  # fmt: skip
+    finally:
+        if rejects is not None:
+            rejects.close()
+    print(importer.summary(result, args.file))
+    if args.rejects and result.rejected:
+        print(f"rejected rows written to {args.rejects}")
+    return importer.EXIT_REJECTED if result.rejected else 0
+
+
 def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.querying import render, run_query
 
@@ -138,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-message", type=int, default=5, help="events per Kafka message")
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
+
+    p = sub.add_parser("import", help="load a CSV or NDJSON export of offline touchpoints")
+    p.add_argument("file", type=Path)
+    p.add_argument("--source", required=True, help="source label recorded on every touchpoint")
+    p.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name")
+    p.add_argument("--channel", default="offline", help="channel of rows that name none")
+    p.add_argument("--rejects", type=Path, help="write rejected rows here (NDJSON)")
+    p.set_defaults(func=cmd_import, process="import")
 
     p = sub.add_parser("query", help="run a read-only SQL query on the warehouse")
     p.add_argument("sql")

@@ -12,7 +12,14 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tracker.collector.ingest import ParsedBatch, Rejected, decode_body, parse_batch, parse_json
+from tracker.collector.ingest import (
+    Checks,
+    ParsedBatch,
+    Rejected,
+    decode_body,
+    parse_batch,
+    parse_json,
+)
 from tracker.collector.openapi import OPENAPI
 from tracker.collector.publisher import Publisher, encode_groups
 from tracker.collector.sources import Source, Sources
@@ -142,13 +149,14 @@ class Collector:
             denied = self._check_origin_and_rate(request, source, payload, single_type)
             if denied is not None:
                 return denied
-            parsed = parse_batch(
-                payload,
+            checks = Checks(
                 source=source.name,
                 received_at_ms=received_at_ms,
                 max_message_bytes=self.settings.max_message_bytes,
-                single_type=single_type,
+                client_ip=self.client_ip(request),
+                anonymize_ip=self.settings.anonymize_ip,
             )
+            parsed = parse_batch(payload, checks, single_type=single_type)
         except ValidationError as exc:
             label = source.name if source else UNKNOWN_SOURCE
             self.metrics.events_rejected.labels(label, exc.reason).inc()
@@ -156,6 +164,20 @@ class Collector:
             status = 413 if exc.reason == "body_too_large" else 400
             return _error(status, exc.reason, exc.detail)
         return await self._accept(parsed, source.name, received_at_ms, request_id)
+
+    def client_ip(self, request: web.Request) -> str | None:
+        """The sender's address: the peer, or with proxies in front, what the nearest one saw.
+
+        Each trusted proxy appends the address it received from to ``X-Forwarded-For``; entries
+        further left were written by the client itself and prove nothing.
+        """
+        hops = self.settings.trusted_proxy_hops
+        forwarded = request.headers.getall("X-Forwarded-For", []) if hops else []
+        chain = [part.strip() for header in forwarded for part in header.split(",")]
+        chain = [part for part in chain if part]
+        if chain:
+            return chain[-min(hops, len(chain))][:64]
+        return request.remote
 
     def _unauthorized(self) -> web.Response:
         self.metrics.events_rejected.labels(UNKNOWN_SOURCE, "unauthorized").inc()
