@@ -116,6 +116,22 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_collector(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from tracker.bench import collector
+
+    result = collector.run(
+        settings, seconds=args.seconds, rate=args.rate, batch=args.batch,
+        connections=args.connections,
+    )  # fmt: skip
+    print(collector.table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"written to {args.json}")
+    return 0
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
@@ -168,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-message", type=int, default=5, help="events per Kafka message")
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("collector", help="one collector under HTTP load vs a bare producer")
+    b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    b.add_argument("--rate", type=int, default=5000, help="offered events/s of the fixed phase")
+    b.add_argument("--batch", type=int, default=20, help="events per request")
+    b.add_argument("--connections", type=int, default=32, help="keep-alive connections (max)")
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench_collector, process="bench")
 
     p = sub.add_parser("import", help="load a CSV or NDJSON export of offline touchpoints")
     p.add_argument("file", type=Path)

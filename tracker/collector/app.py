@@ -6,6 +6,7 @@ import base64
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -222,10 +223,10 @@ class Collector:
                 {"success": False, "error": {"reason": "unavailable", "detail": str(exc)}},
                 headers={"Retry-After": str(int(exc.retry_after))},
             )
-        for record in parsed.records:
-            self.metrics.events_accepted.labels(source, record["type"]).inc()
-        for rej in parsed.rejected:
-            self.metrics.events_rejected.labels(source, rej.reason).inc()
+        for kind, n in Counter(record["type"] for record in parsed.records).items():
+            self.metrics.events_accepted.labels(source, kind).inc(n)
+        for reason, n in Counter(rej.reason for rej in parsed.rejected).items():
+            self.metrics.events_rejected.labels(source, reason).inc(n)
         if parsed.records:
             self.metrics.batch_size.observe(len(parsed.records))
         rejected = [r.as_json() for r in parsed.rejected]

@@ -122,14 +122,17 @@ def validate_message(
 
 
 def _with_ip(context: dict[str, Any], checks: Checks) -> dict[str, Any]:
-    ip = context.get("ip")
-    if not isinstance(ip, str) or not ip:
-        ip = checks.client_ip
+    given = context.get("ip")
+    ip = given if isinstance(given, str) and given else checks.client_ip
     if checks.anonymize_ip and ip:
         ip = anonymize_ip(ip)
-    out = {k: v for k, v in context.items() if k != "ip"}
+    if ip == given:
+        return context
+    out = dict(context)
     if ip:
         out["ip"] = ip
+    else:
+        out.pop("ip", None)
     return out
 
 
