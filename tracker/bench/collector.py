@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from tracker import readyfile
+from tracker.bench.broker import start_kafka
 from tracker.errors import TrackerError
-from tracker.kafka.broker import EmbeddedKafka
 from tracker.kafka.client import ensure_topics
 from tracker.settings import Settings
 
@@ -38,13 +38,7 @@ def run(
     connections: int = 32,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-collector-"))
-    kafka = None
-    bootstrap = settings.kafka_bootstrap
-    if not bootstrap:
-        kafka = EmbeddedKafka(workdir / "kafka", kafka_home=settings.kafka_home, heap="1g",
-                              partitions=settings.topic_partitions)  # fmt: skip
-        kafka.start()
-        bootstrap = kafka.bootstrap
+    kafka, bootstrap = start_kafka(settings, workdir)
     run_id = uuid.uuid4().hex[:8]
     topic, baseline_topic = f"bench-collector-{run_id}", f"bench-producer-{run_id}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
