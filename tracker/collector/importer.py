@@ -9,6 +9,7 @@ and the warehouse and the journey engine, which both keep one touchpoint per id,
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import sys
@@ -33,6 +34,7 @@ DEFAULT_CHANNEL = "offline"
 EXIT_REJECTED = 3  # the exit code when some rows were rejected (the others were written)
 BATCH_BYTES = 512 * 1024  # one Kafka request's worth; a key's group stays under the broker limit
 BATCH_ROWS = 2000
+YIELD_ROWS = 200  # rows read between turns of the event loop
 KEEP_REJECTS = 1000  # rejected rows kept for the summary; the rejects file gets all of them
 FORMATS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson"}
 
@@ -96,7 +98,7 @@ class Progress:
     def __init__(self, out: TextIO, every: float = 1.0) -> None:
         self.out = out
         self.every = every
-        self.last = 0.0
+        self.last = time.monotonic()
 
     def show(self, result: ImportResult, *, final: bool = False) -> None:
         now = time.monotonic()
@@ -135,23 +137,10 @@ async def import_file(
     await ensure_topics(settings, bootstrap, [topic, settings.topic_deadletter])
     publisher = Publisher(settings, bootstrap)
     await publisher.start(give_up_after=settings.produce_timeout)
+    sender = _Sender(publisher, topic, result)
+    reject = _rejecter(result, rejects_out)
     batch: list[dict[str, Any]] = []
     size = 0
-
-    async def flush() -> None:
-        nonlocal size
-        try:
-            await publisher.publish(topic, encode_groups(batch))
-        except UnavailableError as exc:
-            raise UnavailableError(
-                f"{exc}; {result.accepted} rows were written before it, importing the file "
-                "again is safe", retry_after=exc.retry_after,
-            ) from exc  # fmt: skip
-        result.accepted += len(batch)
-        batch.clear()
-        size = 0
-
-    reject = _rejecter(result, rejects_out)
     try:
         with path.open("rb") as stream:
             for line, row in read_rows(stream, fmt, settings.max_message_bytes):
@@ -163,15 +152,53 @@ async def import_file(
                     batch.append(record)
                     size += len(orjson.dumps(record))
                     if size >= BATCH_BYTES or len(batch) >= BATCH_ROWS:
-                        await flush()
+                        await sender.send(batch)
+                        batch, size = [], 0
+                if result.read % YIELD_ROWS == 0:
+                    await asyncio.sleep(0)  # let the batch in flight and the producer get on
                 progress.show(result)
         if batch:
-            await flush()
+            await sender.send(batch)
+        await sender.wait()
     finally:
+        sender.cancel()
         await publisher.stop()
     result.seconds = time.monotonic() - began
     progress.show(result, final=True)
     return result
+
+
+class _Sender:
+    """Publishes one batch while the next is read; at most one batch is unacknowledged."""
+
+    def __init__(self, publisher: Publisher, topic: str, result: ImportResult) -> None:
+        self.publisher = publisher
+        self.topic = topic
+        self.result = result
+        self.inflight: asyncio.Task[None] | None = None
+
+    async def send(self, records: list[dict[str, Any]]) -> None:
+        await self.wait()
+        self.inflight = asyncio.create_task(self._publish(records))
+
+    async def wait(self) -> None:
+        if self.inflight is not None:
+            task, self.inflight = self.inflight, None
+            await task
+
+    def cancel(self) -> None:
+        if self.inflight is not None:
+            self.inflight.cancel()
+
+    async def _publish(self, records: list[dict[str, Any]]) -> None:
+        try:
+            await self.publisher.publish(self.topic, encode_groups(records))
+        except UnavailableError as exc:
+            raise UnavailableError(
+                f"{exc}; {self.result.accepted} rows were written before it, importing the file "
+                "again is safe", retry_after=exc.retry_after,
+            ) from exc  # fmt: skip
+        self.result.accepted += len(records)
 
 
 def _rejecter(result: ImportResult, out: TextIO | None) -> Callable[[BadRow], None]:
