@@ -192,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench_collector, process="bench")
 
-    p = sub.add_parser("import", help="load a CSV or NDJSON export of offline touchpoints")
+    p = sub.add_parser(
+        "import", help="load a CSV or NDJSON export of offline touchpoints",
+        epilog="exit codes: 0 every row accepted, 3 some rows rejected (the rest written), "
+        "1 the import failed (importing the file again is safe)",
+    )  # fmt: skip
     p.add_argument("file", type=Path)
     p.add_argument("--source", required=True, help="source label recorded on every touchpoint")
     p.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name")
