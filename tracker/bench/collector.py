@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def run(
             collector.wait(60)
         if kafka is not None:
             kafka.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept, with the collector's log, on a failure
     rate_collector = figures["max"]["events_per_s"]
     rate_baseline = figures["baseline"]["events_per_s"]
     return {
