@@ -78,11 +78,57 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    import re
+
+    from tracker.collector import importer
+    from tracker.collector.sources import SOURCE_NAME
+
+    if not re.fullmatch(SOURCE_NAME, args.source):
+        print(f"tracker: --source {args.source!r} must match {SOURCE_NAME}", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"tracker: {args.file} is not a readable file", file=sys.stderr)
+        return 2
+    fmt = importer.file_format(args.file, args.format)
+    rejects = args.rejects.open("w", encoding="utf-8") if args.rejects else None
+    try:
+        result = asyncio.run(
+            importer.import_file(
+                settings, _bootstrap(settings), args.file, source=args.source, fmt=fmt,
+                channel=args.channel, rejects_out=rejects,
+            )
+        )  # fmt: skip
+    finally:
+        if rejects is not None:
+            rejects.close()
+    print(importer.summary(result, args.file))
+    if args.rejects and result.rejected:
+        print(f"rejected rows written to {args.rejects}")
+    return importer.EXIT_REJECTED if result.rejected else 0
+
+
 def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.querying import render, run_query
 
     result = run_query(settings, args.sql)
     print(render(result, args.format))
+    return 0
+
+
+def cmd_bench_collector(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from tracker.bench import collector
+
+    result = collector.run(
+        settings, seconds=args.seconds, rate=args.rate, batch=args.batch,
+        connections=args.connections,
+    )  # fmt: skip
+    print(collector.table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"written to {args.json}")
     return 0
 
 
@@ -138,6 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-message", type=int, default=5, help="events per Kafka message")
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("collector", help="one collector under HTTP load vs a bare producer")
+    b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    b.add_argument("--rate", type=int, default=5000, help="offered events/s of the fixed phase")
+    b.add_argument("--batch", type=int, default=20, help="events per request")
+    b.add_argument("--connections", type=int, default=32, help="keep-alive connections (max)")
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench_collector, process="bench")
+
+    p = sub.add_parser(
+        "import", help="load a CSV or NDJSON export of offline touchpoints",
+        epilog="exit codes: 0 every row accepted, 3 some rows rejected (the rest written), "
+        "1 the import failed (importing the file again is safe)",
+    )  # fmt: skip
+    p.add_argument("file", type=Path)
+    p.add_argument("--source", required=True, help="source label recorded on every touchpoint")
+    p.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name")
+    p.add_argument("--channel", default="offline", help="channel of rows that name none")
+    p.add_argument("--rejects", type=Path, help="write rejected rows here (NDJSON)")
+    p.set_defaults(func=cmd_import, process="import")
 
     p = sub.add_parser("query", help="run a read-only SQL query on the warehouse")
     p.add_argument("sql")

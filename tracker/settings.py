@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     produce_timeout: float = Field(default=10.0, gt=0)
     # Who may send (write keys, browser origins, rate limits); unset = open development mode.
     sources_file: Path | None = None
+    # Store context.ip with its last IPv4 octet zeroed (IPv6: cut to /48). On by default: an IP
+    # address is personal data, and a journey needs at most the rough place it came from.
+    anonymize_ip: bool = True
+    # Proxies in front of the collector that append to X-Forwarded-For. 0 = the header is ignored
+    # (a client could write anything into it) and the TCP peer is the client.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
 
     # Worker.
     app_id: str = "touchpoint-tracker"

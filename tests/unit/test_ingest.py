@@ -6,7 +6,7 @@ import zlib
 import orjson
 import pytest
 
-from tracker.collector.ingest import decode_body, parse_batch, parse_json
+from tracker.collector.ingest import Checks, decode_body, parse_batch, parse_json
 from tracker.collector.publisher import encode_groups
 from tracker.errors import ValidationError
 
@@ -64,13 +64,8 @@ def test_hostile_json_is_a_validation_error(body: bytes) -> None:
 
 
 def _parse(payload: object, **kw: object) -> object:
-    return parse_batch(
-        payload,
-        source="web",
-        received_at_ms=1000,
-        max_message_bytes=2000,
-        **kw,  # type: ignore[arg-type]
-    )
+    checks = Checks(source="web", received_at_ms=1000, max_message_bytes=2000)
+    return parse_batch(payload, checks, **kw)  # type: ignore[arg-type]
 
 
 def test_batch_keeps_valid_messages_and_names_each_rejected_one() -> None:

@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tracker import readyfile
-from tracker.kafka.broker import EmbeddedKafka
+from tracker.bench.broker import start_kafka
 from tracker.kafka.client import ensure_topics
 from tracker.settings import Settings
 
@@ -134,13 +134,7 @@ def _start_worker(
 
 def run(settings: Settings, *, events: int, customers: int, per_message: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
-    kafka = None
-    bootstrap = settings.kafka_bootstrap
-    if not bootstrap:
-        kafka = EmbeddedKafka(workdir / "kafka", kafka_home=settings.kafka_home, heap="1g",
-                              partitions=settings.topic_partitions)  # fmt: skip
-        kafka.start()
-        bootstrap = kafka.bootstrap
+    kafka, bootstrap = start_kafka(settings, workdir)
     run_id = uuid.uuid4().hex[:8]
     topic = f"bench-touchpoints-{run_id}"
     journeys = workdir / "journeys.yaml"

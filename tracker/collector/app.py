@@ -6,13 +6,21 @@ import base64
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tracker.collector.ingest import ParsedBatch, Rejected, decode_body, parse_batch, parse_json
+from tracker.collector.ingest import (
+    Checks,
+    ParsedBatch,
+    Rejected,
+    decode_body,
+    parse_batch,
+    parse_json,
+)
 from tracker.collector.openapi import OPENAPI
 from tracker.collector.publisher import Publisher, encode_groups
 from tracker.collector.sdk import SDK_PATH, StaticScript
@@ -146,13 +154,14 @@ class Collector:
             denied = self._check_origin_and_rate(request, source, payload, single_type)
             if denied is not None:
                 return denied
-            parsed = parse_batch(
-                payload,
+            checks = Checks(
                 source=source.name,
                 received_at_ms=received_at_ms,
                 max_message_bytes=self.settings.max_message_bytes,
-                single_type=single_type,
+                client_ip=self.client_ip(request),
+                anonymize_ip=self.settings.anonymize_ip,
             )
+            parsed = parse_batch(payload, checks, single_type=single_type)
         except ValidationError as exc:
             label = source.name if source else UNKNOWN_SOURCE
             self.metrics.events_rejected.labels(label, exc.reason).inc()
@@ -160,6 +169,20 @@ class Collector:
             status = 413 if exc.reason == "body_too_large" else 400
             return _error(status, exc.reason, exc.detail)
         return await self._accept(parsed, source.name, received_at_ms, request_id)
+
+    def client_ip(self, request: web.Request) -> str | None:
+        """The sender's address: the peer, or with proxies in front, what the nearest one saw.
+
+        Each trusted proxy appends the address it received from to ``X-Forwarded-For``; entries
+        further left were written by the client itself and prove nothing.
+        """
+        hops = self.settings.trusted_proxy_hops
+        forwarded = request.headers.getall("X-Forwarded-For", []) if hops else []
+        chain = [part.strip() for header in forwarded for part in header.split(",")]
+        chain = [part for part in chain if part]
+        if chain:
+            return chain[-min(hops, len(chain))][:64]
+        return request.remote
 
     def _unauthorized(self) -> web.Response:
         self.metrics.events_rejected.labels(UNKNOWN_SOURCE, "unauthorized").inc()
@@ -204,10 +227,10 @@ class Collector:
                 {"success": False, "error": {"reason": "unavailable", "detail": str(exc)}},
                 headers={"Retry-After": str(int(exc.retry_after))},
             )
-        for record in parsed.records:
-            self.metrics.events_accepted.labels(source, record["type"]).inc()
-        for rej in parsed.rejected:
-            self.metrics.events_rejected.labels(source, rej.reason).inc()
+        for kind, n in Counter(record["type"] for record in parsed.records).items():
+            self.metrics.events_accepted.labels(source, kind).inc(n)
+        for reason, n in Counter(rej.reason for rej in parsed.rejected).items():
+            self.metrics.events_rejected.labels(source, reason).inc(n)
         if parsed.records:
             self.metrics.batch_size.observe(len(parsed.records))
         rejected = [r.as_json() for r in parsed.rejected]

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
+from tracker.core.privacy import anonymize_ip
 from tracker.core.touchpoint import SegmentMessage, describe_errors, to_record
 from tracker.errors import ValidationError
 
@@ -67,14 +68,18 @@ def parse_json(body: bytes) -> Any:
         raise ValidationError("invalid_json", f"body is not valid JSON: {exc}") from None
 
 
-def parse_batch(
-    payload: Any,
-    *,
-    source: str,
-    received_at_ms: int,
-    max_message_bytes: int,
-    single_type: str | None = None,
-) -> ParsedBatch:
+@dataclass(frozen=True)
+class Checks:
+    """How every message is validated and completed, wherever it comes from."""
+
+    source: str
+    received_at_ms: int
+    max_message_bytes: int
+    client_ip: str | None = None  # recorded as context.ip when the message carries none
+    anonymize_ip: bool = False  # cut context.ip down to its network before it is stored
+
+
+def parse_batch(payload: Any, checks: Checks, *, single_type: str | None = None) -> ParsedBatch:
     """Validate a ``/v1/batch`` body (or one message for ``/v1/<type>`` when ``single_type``)."""
     if not isinstance(payload, dict):
         raise ValidationError("invalid_body", "body must be a JSON object")
@@ -92,20 +97,43 @@ def parse_batch(
 
     parsed = ParsedBatch()
     for index, message in enumerate(messages):
-        rejected = _check_message(index, message, max_message_bytes)
-        if rejected is not None:
-            parsed.rejected.append(rejected)
-            continue
-        merged = {**defaults, **message} if defaults else message
-        try:
-            validated = SegmentMessage.model_validate(merged)
-        except PydanticValidationError as exc:
-            parsed.rejected.append(
-                Rejected(index, "invalid_message", describe_errors(exc), message)
-            )
-            continue
-        parsed.records.append(to_record(validated, source=source, received_at_ms=received_at_ms))
+        result = validate_message(index, message, checks, defaults=defaults)
+        if isinstance(result, Rejected):
+            parsed.rejected.append(result)
+        else:
+            parsed.records.append(result)
     return parsed
+
+
+def validate_message(
+    index: int, message: Any, checks: Checks, *, defaults: dict[str, Any] | None = None
+) -> dict[str, Any] | Rejected:
+    """One message to its record, or the reason it is rejected; ``defaults`` fill absent keys."""
+    rejected = _check_message(index, message, checks.max_message_bytes)
+    if rejected is not None:
+        return rejected
+    merged = {**defaults, **message} if defaults else message
+    try:
+        validated = SegmentMessage.model_validate(merged)
+    except PydanticValidationError as exc:
+        return Rejected(index, "invalid_message", describe_errors(exc), message)
+    validated.context = _with_ip(validated.context, checks)
+    return to_record(validated, source=checks.source, received_at_ms=checks.received_at_ms)
+
+
+def _with_ip(context: dict[str, Any], checks: Checks) -> dict[str, Any]:
+    given = context.get("ip")
+    ip = given if isinstance(given, str) and given else checks.client_ip
+    if checks.anonymize_ip and ip:
+        ip = anonymize_ip(ip)
+    if ip == given:
+        return context
+    out = dict(context)
+    if ip:
+        out["ip"] = ip
+    else:
+        out.pop("ip", None)
+    return out
 
 
 def _check_message(index: int, message: Any, max_bytes: int) -> Rejected | None:

@@ -4,27 +4,51 @@ from __future__ import annotations
 
 from typing import Any
 
-_ID = {"type": "string", "minLength": 1, "maxLength": 256}
-_MESSAGE: dict[str, Any] = {
-    "type": "object",
-    "required": ["messageId"],
-    "properties": {
-        "type": {"enum": ["track", "page", "screen", "identify", "alias", "group"]},
-        "messageId": {"type": "string", "minLength": 1, "maxLength": 128},
-        "anonymousId": _ID,
-        "userId": _ID,
-        "previousId": _ID,
-        "groupId": _ID,
-        "event": {"type": "string", "minLength": 1, "maxLength": 256},
-        "name": {"type": "string", "maxLength": 256},
-        "channel": {"type": "string", "minLength": 1, "maxLength": 64},
-        "properties": {"type": "object"},
-        "traits": {"type": "object"},
-        "context": {"type": "object"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "sentAt": {"type": "string", "format": "date-time"},
-    },
+KINDS = ("track", "page", "screen", "identify", "alias", "group")
+_ID = {"type": ["string", "null"], "minLength": 1, "maxLength": 256}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_FIELDS: dict[str, Any] = {
+    "messageId": {"type": "string", "minLength": 1, "maxLength": 128},
+    "anonymousId": _ID,
+    "userId": _ID,
+    "previousId": _ID,
+    "groupId": _ID,
+    "event": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
+    "name": {"type": ["string", "null"], "maxLength": 256},
+    "channel": {"type": ["string", "null"], "minLength": 1, "maxLength": 64},
+    "properties": {"type": "object"},
+    "traits": {"type": "object"},
+    "context": {"type": "object"},
+    "timestamp": _TIME,
+    "sentAt": _TIME,
 }
+
+
+def _given(*names: str) -> dict[str, Any]:
+    """These fields present, as non-empty strings."""
+    return {"required": list(names), "properties": {n: {"type": "string"} for n in names}}
+
+
+# What each type needs besides a messageId (the collector checks the same, message by message).
+_NEEDS: dict[str, list[dict[str, Any]]] = {
+    kind: [{"anyOf": [_given("userId"), _given("anonymousId")]}] for kind in KINDS
+}
+_NEEDS["track"].append(_given("event"))
+_NEEDS["group"].append(_given("groupId"))
+_NEEDS["alias"] = [_given("previousId", "userId")]
+
+
+def _message(kind: str, *, typed: bool) -> dict[str, Any]:
+    """A ``kind`` message; ``typed``: inside a batch, where the message names its own type."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": ["type", "messageId"] if typed else ["messageId"],
+        "properties": {**({"type": {"const": kind}} if typed else {}), **_FIELDS},
+        "allOf": _NEEDS[kind],
+    }
+    return schema
+
+
 _ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["success", "error"],
@@ -46,7 +70,9 @@ def _responses() -> dict[str, Any]:
 
     return {
         "200": {
-            "description": "Accepted: every accepted message is acknowledged by Kafka.",
+            "description": "Accepted: every accepted message is acknowledged by Kafka. In a batch "
+            "with invalid messages the valid ones are accepted and the invalid ones listed in "
+            "'rejected'.",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
         },
         "400": err("The body is not JSON, not of the right shape, or has no valid message."),
@@ -75,7 +101,7 @@ _BATCH = {
         "batch": {
             "type": "array",
             "minItems": 1,
-            "items": {"$ref": "#/components/schemas/Message"},
+            "items": {"oneOf": [{"$ref": f"#/components/schemas/{k.title()}"} for k in KINDS]},
         },
         "sentAt": {"type": "string", "format": "date-time"},
         "context": {"type": "object"},
@@ -89,7 +115,7 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"writeKey": {"type": "http", "scheme": "basic"}},
         "schemas": {
-            "Message": _MESSAGE,
+            **{k.title(): _message(k, typed=True) for k in KINDS},
             "Error": _ERROR,
             "Rejected": {
                 "type": "object",
@@ -117,8 +143,8 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/v1/batch": _op("Send a batch of messages", _BATCH),
         **{
-            f"/v1/{kind}": _op(f"Send one {kind} message", {"$ref": "#/components/schemas/Message"})
-            for kind in ("track", "page", "screen", "identify", "alias", "group")
+            f"/v1/{kind}": _op(f"Send one {kind} message", _message(kind, typed=False))
+            for kind in KINDS
         },
     },
 }

@@ -20,12 +20,13 @@ from pydantic import ValidationError as PydanticValidationError
 from tracker.errors import ConfigError
 
 OPEN_SOURCE = "default"
+SOURCE_NAME = r"^[a-z0-9_][a-z0-9_-]{0,31}$"  # the source label in records and metrics
 
 
 class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9_][a-z0-9_-]{0,31}$")
+    name: str = Field(pattern=SOURCE_NAME)
     write_key: SecretStr = Field(min_length=8)
     origins: list[str] = Field(default_factory=list)  # e.g. https://shop.example.com, or "*"
     rate_limit: float = Field(default=1000.0, gt=0)  # messages per second, bursts of 2 s

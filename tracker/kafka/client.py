@@ -6,8 +6,9 @@ import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from tracker.errors import UnavailableError
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,13 @@ def client_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
 async def ensure_topics(settings: Settings, bootstrap: str, names: list[str]) -> None:
     """Create the product's topics if absent; existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**client_options(settings, bootstrap))
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise UnavailableError(
+            f"Kafka at {bootstrap} is not reachable: {exc}", retry_after=5
+        ) from exc
     try:
         existing = set(await admin.list_topics())
         missing = [

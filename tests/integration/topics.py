@@ -1,0 +1,36 @@
+"""Reading a topic back from the real broker, to check exactly what a process wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer
+
+
+async def _read(
+    bootstrap: str, topic: str, at_least: int, seconds: float
+) -> list[tuple[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            out += [(m.key, m.value) for msgs in batches.values() for m in msgs]
+            # Past the expected count, one more empty poll shows nothing else follows.
+            if len(out) >= at_least and not batches:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, at_least: int, timeout: float = 30.0
+) -> list[tuple[bytes, bytes]]:
+    """Every ``(key, value)`` on ``topic``: waits for ``at_least`` of them, then for quiet."""
+    return asyncio.run(asyncio.wait_for(_read(bootstrap, topic, at_least, timeout), timeout + 15))
