@@ -176,15 +176,14 @@ LIMIT 50""",
 CUSTOMER_TIMELINE = Query(
     "customer_timeline",
     "One customer's cross-channel timeline: touchpoints of every linked id, and results",
-    """WITH (
-    SELECT groupUniqArray(id) FROM (
-        SELECT {customer:String} AS id
-        UNION ALL
-        SELECT from_id FROM {db:Identifier}.identity_links FINAL WHERE user_id = {customer:String}
-        UNION ALL
-        SELECT user_id FROM {db:Identifier}.identity_links FINAL WHERE from_id = {customer:String}
-    )
-) AS ids
+    """WITH
+    (SELECT groupUniqArray(user_id) FROM {db:Identifier}.identity_links FINAL
+     WHERE from_id = {customer:String}) AS users,
+    (SELECT groupUniqArray(from_id) FROM {db:Identifier}.identity_links FINAL
+     WHERE user_id = {customer:String} OR user_id IN (
+         SELECT user_id FROM {db:Identifier}.identity_links FINAL
+         WHERE from_id = {customer:String})) AS members,
+    arrayDistinct(arrayConcat([{customer:String}], users, members)) AS ids
 SELECT at, what, detail, channel, source, id
 FROM (
     SELECT event_time AS at, 'touchpoint' AS what,
