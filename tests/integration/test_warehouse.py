@@ -307,9 +307,20 @@ async def test_signed_changes_sum_to_the_current_results_also_after_duplicate_de
         "SELECT kind, stage, toInt64(count()) AS n FROM tracker.journey_results "
         "WHERE journey = 'shop' GROUP BY kind, stage ORDER BY kind, stage"
     )
+    aggregate = (
+        "SELECT kind, stage, channel, "
+        "toInt64(uniqExactMerge(added)) - toInt64(uniqExactMerge(withdrawn)) AS n "
+        "FROM tracker.journey_funnel WHERE journey = 'shop' GROUP BY kind, stage, channel "
+        "HAVING n != 0 ORDER BY kind, stage, channel"
+    )
+    by_channel = (
+        "SELECT kind, stage, channel, toInt64(count()) AS n FROM tracker.journey_results "
+        "WHERE journey = 'shop' GROUP BY kind, stage, channel ORDER BY kind, stage, channel"
+    )
     funnel = render(QUERIES["funnel"], _values(run))
     before = (warehouse.query(net).rows, warehouse.query(funnel).rows)
     assert before[0] == warehouse.query(current).rows
+    assert warehouse.query(aggregate).rows == warehouse.query(by_channel).rows
     assert ("dropoff", "cart", 2) in before[0]
     cols = ", ".join(c for c in CHANGE_COLUMNS)
     changes = warehouse.query(f"SELECT {cols} FROM tracker.journey_result_changes").rows
@@ -325,6 +336,7 @@ async def test_signed_changes_sum_to_the_current_results_also_after_duplicate_de
     ).rows[0][0]
     assert raw > len(changes), "the duplicates were written"
     assert (warehouse.query(net).rows, warehouse.query(funnel).rows) == before
+    assert warehouse.query(aggregate).rows == warehouse.query(by_channel).rows
 
 
 def _registry() -> Any:
