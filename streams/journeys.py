@@ -49,7 +49,13 @@ from tracker.core.journeys.codec import (
 from tracker.core.journeys.engine import Change, CustomerState, JourneyEngine, Touchpoint
 from tracker.metrics import Metrics
 from tracker.settings import Settings
-from tracker.warehouse.sink import TableSink, result_db_row, touchpoint_row
+from tracker.warehouse.sink import (
+    CHANGE_COLUMNS,
+    TableSink,
+    change_db_row,
+    result_db_row,
+    touchpoint_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,7 @@ class JourneyAgents:
         self.engine = engine
         self.touchpoint_sink = touchpoint_sink
         self.sink = results_sink
+        self.changes_sink = results_sink.sibling("journey_result_changes", CHANGE_COLUMNS)
         self.metrics = metrics
         self.journey_metrics = JourneyMetrics(engine.journeys, metrics)
         n = settings.topic_partitions
@@ -119,6 +126,7 @@ class JourneyAgents:
         self.active: set[int] = set()
         # What a batch changed, written out by _commit() at the batch's end (under the lock).
         self._rows: dict[tuple[Any, ...], list[Any]] = {}
+        self._changes: list[list[Any]] = []  # every signed change, for journey_result_changes
         self._dirty: dict[str, CustomerState] = {}
         self._gone: set[str] = set()
         # Links already sent: SDKs repeat the anonymousId/userId pair on every event after a login.
@@ -385,17 +393,22 @@ class JourneyAgents:
         for sign, result in changes:
             row = result_row(sign, result, version)
             key = (row[0], row[1], row[2], row[3], row[6], version)
+            db_row = result_db_row(row)
             if sign > 0 or key not in self._rows:  # a new value for a key supersedes its withdrawal
-                self._rows[key] = result_db_row(row)
+                self._rows[key] = db_row
+            self._changes.append(change_db_row(db_row, sign))  # the signed table keeps both
 
     async def _commit(self) -> None:
-        """Write the batch's result rows in one insert, then record the new states.
+        """Write the batch's result rows in one insert (and its signed changes in another),
+        then record the new states.
 
         In this order: a state in the changelog always has its rows in the warehouse, so a
         restart never finds a state whose results were not written.
         """
         rows, self._rows = list(self._rows.values()), {}
+        changes, self._changes = self._changes, []
         await self.sink.write(rows)
+        await self.changes_sink.write(changes)
         for key in self._gone:
             self.customers.pop(key.encode(), None)
         for key, state in self._dirty.items():

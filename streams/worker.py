@@ -20,7 +20,7 @@ from tracker.kafka.client import ensure_topics
 from tracker.metrics import Metrics
 from tracker.settings import Settings
 from tracker.warehouse.client import Warehouse
-from tracker.warehouse.schema import migrate
+from tracker.warehouse.schema import Layout, migrate
 from tracker.warehouse.sink import TOUCHPOINT_COLUMNS, TableSink
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | Non
         ensure_topics(settings, bootstrap, [settings.topic_touchpoints, settings.topic_deadletter])
     )
     warehouse = Warehouse.from_settings(settings)
-    version = migrate(warehouse)
+    version = migrate(warehouse, Layout.from_settings(settings))
     log.info("event=schema_ready version=%d dsn_kind=%s", version, _kind(warehouse))
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)

@@ -132,6 +132,31 @@ def cmd_bench_collector(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    """``tracker funnel|dropoffs|journey``: a named analyst query (tracker/warehouse/queries.py)."""
+    from datetime import UTC, datetime, timedelta
+
+    from tracker.core.journeys.definition import parse_duration_ms
+    from tracker.querying import render, run_query
+    from tracker.warehouse import queries
+
+    since = datetime(1970, 1, 1, tzinfo=UTC)
+    if getattr(args, "since", None):
+        try:
+            since = datetime.now(UTC) - timedelta(milliseconds=parse_duration_ms(args.since))
+        except ValueError as exc:
+            raise TrackerError(f"--since: {exc}") from None
+    values = {
+        "db": settings.clickhouse_database,
+        "since": since,
+        "journey": getattr(args, "journey", ""),
+        "customer": getattr(args, "customer", ""),
+    }
+    sql = queries.render(queries.QUERIES[args.query], values)
+    print(render(run_query(settings, sql), args.format))
+    return 0
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
@@ -208,6 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.set_defaults(func=cmd_query, process="query")
+
+    since_help = "only journeys started this long ago or later (e.g. 24h, 7d; default: all)"
+    p = sub.add_parser("funnel", help="a journey's funnel: entries, drop-offs, rates per stage")
+    p.add_argument("--journey", required=True)
+    p.add_argument("--since", help=since_help)
+    p.set_defaults(query="funnel")
+    p = sub.add_parser("dropoffs", help="a journey's drop-offs per stage, with top pain signals")
+    p.add_argument("--journey", required=True)
+    p.add_argument("--since", help=since_help)
+    p.set_defaults(query="dropoffs")
+    p = sub.add_parser("journey", help="one customer's cross-channel timeline and results")
+    p.add_argument("customer", metavar="CUSTOMER_ID", help="a userId (or an anonymousId)")
+    p.set_defaults(query="customer_timeline")
+    for name in ("funnel", "dropoffs", "journey"):
+        p = sub.choices[name]
+        p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+        p.set_defaults(func=cmd_report, process=name)
     return parser
 
 

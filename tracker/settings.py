@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     # ClickHouse. Empty URL = embedded chdb engine in <data_dir>/clickhouse.
     clickhouse_url: SecretStr = SecretStr("")
     clickhouse_database: str = Field(default="tracker", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # A ClickHouse cluster name (as in the servers' remote_servers): tables are then created
+    # ON CLUSTER as Replicated*MergeTree <name>_local tables behind Distributed <name> tables.
+    # Empty = one node (chdb or a single server).
+    clickhouse_cluster: str = Field(default="", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
+    # Retention in days of raw touchpoints and journey results (by the journey instance's start);
+    # 0 keeps them forever. Applied to existing tables at the worker's start.
+    clickhouse_ttl_days: int = Field(default=0, ge=0)
+    # Retention in days of the hourly funnel aggregates (usually longer than the raw data).
+    clickhouse_aggregate_ttl_days: int = Field(default=0, ge=0)
 
     # Collector.
     collector_host: str = "127.0.0.1"

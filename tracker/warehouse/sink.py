@@ -69,6 +69,15 @@ def result_db_row(row: list[Any]) -> list[Any]:
     return out
 
 
+# journey_result_changes: a result row without is_deleted, with the change's sign instead.
+CHANGE_COLUMNS = (*RESULT_COLUMNS[:-1], "sign")
+
+
+def change_db_row(db_row: list[Any], sign: int) -> list[Any]:
+    """A ``journey_result_changes`` row from a :func:`result_db_row` and its change's sign."""
+    return [*db_row[:-1], sign]
+
+
 class TableSink:
     """Writes batches of rows to one table; see the module docstring for the guarantees."""
 
@@ -89,6 +98,13 @@ class TableSink:
         for family in (metrics.sink_rows, metrics.sink_batches, metrics.sink_errors):
             family.labels(table)  # at 0 from the start, so rates and alerts have a series
         metrics.sink_seconds.labels(table)
+
+    def sibling(self, table: str, columns: tuple[str, ...]) -> TableSink:
+        """A sink for another table on the same warehouse, with the same retry policy."""
+        return TableSink(
+            self.warehouse, self.metrics, table=table, columns=columns,
+            retry_max_seconds=self.retry_max_seconds,
+        )  # fmt: skip
 
     async def write(self, rows: list[list[Any]]) -> None:
         """Write ``rows``; on failure retry with capped exponential backoff until it succeeds."""
