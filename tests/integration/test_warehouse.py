@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,38 +101,16 @@ def cli(settings: Settings, bootstrap: str, *args: str) -> list[dict[str, Any]]:
     return rows
 
 
-class Supervised:
-    """A worker restarted when it exits with 70 (a crashed Faust app), as a supervisor would:
-    the worker exits so that it is restarted, and nothing it had not written was acknowledged.
-    The restarts are printed; the counts must be exact regardless."""
-
-    def __init__(self, settings: Settings, bootstrap: str, workdir: Path) -> None:
-        self.args = (settings, bootstrap, workdir)
-        self.restarts = 0
-        self.proc = self._start()
-
-    def _start(self) -> Process:
-        proc = Process("worker", *self.args).wait_ready()
-        # What `tracker up` writes, so that the CLI goes through the running worker.
-        readyfile.write(self.args[0].run_file, worker=proc.url)
-        return proc
-
-    @property
-    def url(self) -> str:
-        if self.proc.proc.poll() == 70:
-            self.restarts += 1
-            print(f"worker crashed; restart {self.restarts}:\n{self.proc.output()[-3000:]}")
-            self.proc.stop()
-            self.proc = self._start()
-        return self.proc.url
+def start_worker(settings: Settings, bootstrap: str, workdir: Path) -> Process:
+    worker = Process("worker", settings, bootstrap, workdir).wait_ready()
+    # What `tracker up` writes, so that the CLI goes through the running worker.
+    readyfile.write(settings.run_file, worker=worker.url)
+    return worker
 
 
-def funnel_now(worker: Supervised, journey: str) -> list[tuple[Any, ...]]:
+def funnel_now(worker: Process, journey: str) -> list[tuple[Any, ...]]:
     sql = render(QUERIES["funnel"], {"db": "tracker", "journey": journey, "since": _epoch()})
-    try:
-        rows = query(worker.url, sql)
-    except urllib.error.URLError:
-        return []  # stopping after a crash; the next poll restarts it
+    rows = query(worker.url, sql)
     return [(r["stage"], r["entered"], r["dropped_off"], r["recovered"]) for r in rows]
 
 
@@ -154,7 +131,7 @@ def run(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )  # fmt: skip
     journey = "shop"
     ids = {k: f"{unique}-{k}" for k in ("a", "b", "c", "d1", "d2", "ud", "e")}
-    worker = Supervised(settings, kafka.bootstrap, tmp)
+    worker = start_worker(settings, kafka.bootstrap, tmp)
     collector = Process("collector", settings, kafka.bootstrap, tmp).wait_ready()
     try:
         t0 = int(time.time() * 1000) - 600_000
@@ -197,7 +174,7 @@ def run(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert from_device == timeline, "an anonymousId finds its customer's whole timeline"
     finally:
         collector.stop()
-        worker.proc.stop()
+        worker.stop()
         settings.run_file.unlink(missing_ok=True)
     yield Run(settings, ids, t0, before, after, dropoffs, timeline)
 
