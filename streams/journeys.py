@@ -384,9 +384,8 @@ class JourneyAgents:
         changes = self.engine.settle(state, now)
         self._stage_rows(changes, state.version)
         self._dirty[state.customer] = state
-        deadline = self.engine.next_deadline(state, now)
-        if deadline is not None:
-            heapq.heappush(self.timers, (deadline, state.customer))
+        if state.deadline is not None:
+            heapq.heappush(self.timers, (state.deadline, state.customer))
         self.journey_metrics.changes(state, changes)
 
     def _stage_rows(self, changes: Iterable[Change], version: int) -> None:

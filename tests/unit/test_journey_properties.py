@@ -92,3 +92,26 @@ def test_results_do_not_depend_on_insertion_order(history: list[Touchpoint], rnd
     state = CustomerState("c1")
     engine.add(state, shuffled)
     assert engine.results(state, 10**9) == settled(history, 10**9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(0, 160))
+def test_the_deadline_a_settle_reports_is_when_results_next_change(
+    history: list[Touchpoint], now_half_minutes: int
+) -> None:
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    now = now_half_minutes * MIN // 2
+    state = CustomerState("c1")
+    engine.add(state, history)
+    engine.settle(state, now)
+    due = state.deadline
+    # Nothing changes before the reported deadline (time passes strictly beyond a deadline)...
+    later = due if due is not None else now + 10_000 * MIN
+    assert settled(history, later) == state.emitted
+    # ...and something does just after it.
+    if due is not None:
+        assert due >= now
+        assert settled(history, due + 1) != state.emitted
+    # The timer path that rebuilds deadlines from stored states agrees for histories in the past.
+    if all(tp.t <= now for tp in history):
+        assert engine.next_deadline(state, now) == due

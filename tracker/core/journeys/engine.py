@@ -78,6 +78,17 @@ def evaluate(
     With ``base``, rule matches are read from each touchpoint's ``bits`` (this journey's rules
     start at bit ``base``: stages, then pain, then love) instead of being matched again.
     """
+    return evaluate_with_deadline(journey, customer, history, now, base)[0]
+
+
+def evaluate_with_deadline(
+    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
+) -> tuple[list[Result], int | None]:
+    """``evaluate``, and the deadline at which the results change next if no data arrives.
+
+    Only the last open instance waits on the clock: every earlier one was closed by a later
+    touchpoint. Its drop-off is due when time passes its deadline, unless it already dropped off.
+    """
     out: list[Result] = []
     stages = journey.stages
     n_stages, n_pain = len(stages), len(journey.pain)
@@ -208,9 +219,9 @@ def evaluate(
                 inst.pain.clear()
                 inst.love.clear()
         last = tp
-    if inst is not None:
-        pass_time(inst, now)
-    return out
+    if inst is not None and pass_time(inst, now) is not None and inst.dropped_at is None:
+        return out, inst.deadline
+    return out, None
 
 
 def next_deadline(
@@ -238,6 +249,8 @@ class CustomerState:
     seen: set[str] = field(default_factory=set)
     emitted: Counter[Result] = field(default_factory=Counter)
     version: int = 0  # bumped whenever emitted changes; orders the warehouse's result rows
+    # When the results change next with no new data, as found by the last settle() (not stored).
+    deadline: int | None = None
 
 
 Change = tuple[int, Result]  # (+1 | -1, result)
@@ -283,13 +296,24 @@ class JourneyEngine:
         return added
 
     def results(self, state: CustomerState, now: int) -> Counter[Result]:
+        """Every journey's results as of ``now``; sets ``state.deadline``."""
         out: Counter[Result] = Counter()
+        due: int | None = None
         for journey, base in zip(self.journeys, self.bases, strict=True):
-            out.update(evaluate(journey, state.customer, state.history, now, base))
+            results, deadline = evaluate_with_deadline(
+                journey, state.customer, state.history, now, base
+            )
+            out.update(results)
+            if deadline is not None and (due is None or deadline < due):
+                due = deadline
+        state.deadline = due
         return out
 
     def settle(self, state: CustomerState, now: int) -> list[Change]:
-        """Recompute as of ``now`` and return the corrections that make ``emitted`` right."""
+        """Recompute as of ``now`` and return the corrections that make ``emitted`` right.
+
+        Also sets ``state.deadline``: when a timer must settle this customer again.
+        """
         new = self.results(state, now)
         changes: list[Change] = [(-1, r) for r in (state.emitted - new).elements()]
         changes += [(+1, r) for r in (new - state.emitted).elements()]

@@ -63,9 +63,8 @@ class Stitcher:
     def _settle(self, key: str, now: int) -> list[Change]:
         state = self.customers[key]
         changes = self.engine.settle(state, now)
-        deadline = self.engine.next_deadline(state, now)
-        if deadline is not None:
-            heapq.heappush(self._timers, (deadline, key))
+        if state.deadline is not None:
+            heapq.heappush(self._timers, (state.deadline, key))
         return changes
 
     def _link(self, link: Link, touched: set[str], report: IngestReport) -> None:
