@@ -154,6 +154,12 @@ class JourneyAgents:
         async def assigned(app: Any, assigned: Any = None, **kwargs: Any) -> None:
             ours = {self.touchpoints.get_topic_name(), self.journey_input.get_topic_name()}
             self.active = {tp.partition for tp in assigned or () if tp.topic in ours}
+            # Table writes look the changelog's partitions up in the producer's metadata without
+            # waiting; on a fresh cluster the producer has none yet for those topics, and the
+            # first write would crash the app. Fetch them before any batch is handled.
+            producer = self.app.producer._ensure_producer()
+            for table in (self.customers, self.owners, self.links):
+                await producer.partitions_for(table.changelog_topic.get_topic_name())
             self.metrics.assigned_partitions.set(len(self.active))
 
         @self.app.on_rebalance_complete.connect

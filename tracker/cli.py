@@ -107,6 +107,38 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.core.journeys.definition import load
+    from tracker.simulate.run import simulate
+
+    journeys = load(args.journeys or settings.journeys_file)
+    result = asyncio.run(
+        simulate(
+            args.url, args.write_key, journeys, scenario=args.scenario, rate=args.rate,
+            duration=args.duration, seed=args.seed, relay=args.relay, truth_file=args.truth,
+        )
+    )  # fmt: skip
+    stats, truth = result.stats, result.truth
+    print(
+        f"sent {stats.accepted} messages ({truth.unique_messages} unique ids) for "
+        f"{result.customers} customers in {result.seconds:.1f}s: "
+        f"{stats.accepted / result.seconds:,.0f} messages/s, {stats.requests} requests, "
+        f"{stats.retries} retries ({stats.throttled} answered 429/503)"
+    )
+    if args.truth:
+        print(f"ground truth written to {args.truth}")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.demo.run import run_demo
+
+    outcome = run_demo(
+        settings, duration=args.duration, rate=args.rate, seed=args.seed, scenario=args.scenario
+    )
+    return 0 if outcome.matched else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracker", description="Touchpoint Tracker: real-time customer journeys."
@@ -138,6 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-message", type=int, default=5, help="events per Kafka message")
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
+
+    from tracker.simulate.scenarios import scenario_names
+
+    p = sub.add_parser("simulate", help="send realistic customer traffic to a collector")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the collector's base URL")
+    p.add_argument("--write-key", default="", help="the source's write key (HTTP Basic user)")
+    p.add_argument("--rate", type=float, default=50.0, help="touchpoints per second, about")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds during which customers "
+                   "arrive; the run ends when the last one has finished")  # fmt: skip
+    p.add_argument("--scenario", choices=scenario_names(), default="mix")
+    p.add_argument("--seed", type=int, default=1, help="the same seed sends the same customers")
+    p.add_argument("--journeys", type=Path, help="journeys file (default: TRACKER_JOURNEYS_FILE)")
+    p.add_argument("--truth", type=Path, help="write the ground truth here as JSON")
+    p.add_argument("--relay", action="store_true",
+                   help="send as a server-side relay: everything due together, 100 per batch")
+    p.set_defaults(func=cmd_simulate, process="simulate")
+
+    p = sub.add_parser("demo", help="run the pipeline with simulated customers and report")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of arriving customers")
+    p.add_argument("--rate", type=float, default=40.0, help="touchpoints per second, about")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scenario", choices=scenario_names(), default="mix")
+    p.set_defaults(func=cmd_demo, process="demo")
 
     p = sub.add_parser("query", help="run a read-only SQL query on the warehouse")
     p.add_argument("sql")

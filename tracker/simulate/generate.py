@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ SPACING_S = 0.1  # a customer's touchpoints are at least this far apart
 DUPLICATE_RATE = 0.02  # a delivery sent twice (its answer was lost)
 OFFLINE_RATE = 0.05  # a phone delivery held back while the phone is offline
 SYSTEM_FLUSH_S = 2.0  # back-office systems send what they collected this often
+DEVICE_ROUTES_PREFIX = "anon-"  # the route of a device is its anonymousId
 
 
 @dataclass
@@ -202,7 +204,7 @@ class _CustomerBuilder:
     def _device(self, n: int, kind: str) -> _Device:
         flush = self.rng.uniform(0.5, 2.0)
         return _Device(
-            f"anon-{self.name}-d{n}", kind, _skew(self.rng), flush, self.rng.uniform(0, flush)
+            f"{DEVICE_ROUTES_PREFIX}{self.name}-d{n}", kind, _skew(self.rng), flush, self.rng.uniform(0, flush)
         )
 
     def _walk(self, plan: JourneyPlan, t0: float, opening: Step | None) -> tuple[float, str] | None:
@@ -343,12 +345,11 @@ def wire_message(touch: Touch, start_ms: int, sent_ms: int) -> dict[str, Any]:
     """The message as its sender puts it on the wire: its own clock for timestamp and sentAt."""
     return {
         **touch.fields,
-        "timestamp": _iso(start_ms + round(touch.t * 1000) + touch.skew_ms),
-        "sentAt": _iso(sent_ms + touch.skew_ms),
+        "timestamp": iso(start_ms + round(touch.t * 1000) + touch.skew_ms),
+        "sentAt": iso(sent_ms + touch.skew_ms),
     }
 
 
-def _iso(ms: int) -> str:
-    from datetime import UTC, datetime
-
+def iso(ms: int) -> str:
+    """Epoch milliseconds as the ISO-8601 UTC time SDKs send."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
