@@ -264,7 +264,9 @@ class JourneyAgents:
         state = self._load(member)
         if state is None:
             return
-        self._stage_rows(self.engine.retract_all(state), state.version)
+        withdrawn = self.engine.retract_all(state)
+        self._stage_rows(withdrawn, state.version)
+        self.metrics.observe_changes(withdrawn)  # corrections, like any other withdrawal
         self._dirty.pop(member, None)
         self._gone.add(member)
         self.metrics.identity_merges.inc()

@@ -20,15 +20,13 @@ from tracker.core.journeys.definition import Journey, load
 from tracker.errors import TrackerError
 from tracker.demo import report
 from tracker.demo.live import LiveView, Snapshot
-from tracker.demo.scrape import scrape, total
+from tracker.demo.settle import wait_for_partitions, wait_settled
 from tracker.querying import run_query
 from tracker.settings import REPO_ROOT, Settings
 from tracker.simulate.run import Progress, SimulationResult, simulate
 from tracker.stack import Stack
 
 DEMO_JOURNEYS = REPO_ROOT / "deploy" / "journeys.demo.yaml"
-# After the last planned deadline: the worker's timer period, a sink flush, and room to spare.
-SETTLE_MARGIN_S = 3.0
 SETTLE_TIMEOUT_S = 180.0
 
 
@@ -97,7 +95,7 @@ def run_demo(
     try:
         stack.start(collector_port=0, worker_port=0)
         urls = {c.name: c.url for c in stack.children}
-        wait_for_partitions(urls["worker"], stack)
+        wait_for_partitions(urls["worker"], lambda: check_alive(stack))
         watch = _Watch(s, journeys)
         began = time.monotonic()
         last = [0.0, 0]
@@ -131,39 +129,20 @@ def check_alive(stack: Stack) -> None:
                                f"see {where}")  # fmt: skip
 
 
-def wait_for_partitions(worker_url: str, stack: Stack, timeout: float = 120.0) -> None:
-    """The worker is listening before it has joined its consumer group; traffic waits for that."""
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        check_alive(stack)
-        if total(scrape(worker_url), "tracker_worker_assigned_partitions") > 0:
-            return
-        time.sleep(0.2)
-    raise TrackerError(f"the worker was given no partitions within {timeout:.0f}s")
-
-
 def _settle(
     watch: _Watch, urls: dict[str, str], sim: SimulationResult, view: LiveView, began: float,
     duration: float, stack: Stack,
 ) -> bool:  # fmt: skip
-    """Wait until the worker has consumed all the collector accepted, the last planned deadline
-    is behind us by a margin, and the results no longer change."""
-    due = sim.start_ms / 1000 + sim.truth.last_deadline + SETTLE_MARGIN_S
-    give_up = time.monotonic() + SETTLE_TIMEOUT_S
-    previous = None
-    while time.monotonic() < give_up:
+    def poll(rows: list[tuple[object, ...]]) -> None:
         check_alive(stack)
-        accepted = total(scrape(urls["collector"]), "tracker_events_accepted_total")
-        consumed = total(scrape(urls["worker"]), "tracker_worker_events_total")
-        rows = sorted(watch.query(report.results_sql(watch.db)).rows)
         figures = report.counts(report.QueryResult(["j", "k", "s", "n"], rows), watch.journeys)
         view.show(Snapshot("settling", time.monotonic() - began, duration, sim.customers,
                            sim.stats.accepted, 0.0, figures, watch.recent()))  # fmt: skip
-        if consumed >= accepted and time.time() > due and rows == previous:
-            return True
-        previous = rows
-        time.sleep(1.0)
-    return False
+
+    return wait_settled(
+        lambda: watch.query(report.results_sql(watch.db)).rows,
+        urls["collector"], urls["worker"], sim, on_poll=poll, timeout=SETTLE_TIMEOUT_S,
+    )  # fmt: skip
 
 
 def _report(
