@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from tracker.errors import BrokerError, TrackerError
@@ -89,18 +90,29 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from tracker.bench import worker
+    from tracker.bench import registry
 
-    result = worker.run(
-        settings, events=args.events, customers=args.customers, per_message=args.per_message
-    )
-    targets = result["targets"]
-    print(f"{'figure':<28}{'value':>14}{'baseline':>14}{'ratio':>8}{'target':>12}")
-    print(f"{'worker events/s':<28}{result['worker_events_per_s']:>14,}"
-          f"{result['baseline_events_per_s']:>14,}{result['ratio']:>8}"
-          f"{targets['worker_events_per_s']:>12,}")  # fmt: skip
-    print(f"{'bytes per open instance':<28}{result['bytes_per_open_instance']:>14,}"
-          f"{'':>14}{'':>8}{targets['bytes_per_open_instance']:>12,}")  # fmt: skip
+    if args.bench == "all":
+        path = args.json or settings.data_dir / "bench" / f"bench-{int(time.time())}.json"
+        rows, failed = registry.run_all(settings, path)
+        print(registry.table(rows))
+        for failure in failed:
+            print(f"failed: {failure}")
+        print(f"written to {path}")
+        return 1 if failed else 0
+    if args.bench == "e2e":
+        from tracker.bench import e2e
+
+        result = e2e.run(settings, loads=args.loads, seconds=args.seconds)
+        rows = registry.e2e_rows(result)
+    else:
+        from tracker.bench import worker
+
+        result = worker.run(
+            settings, events=args.events, customers=args.customers, per_message=args.per_message
+        )
+        rows = registry.worker_rows(result)
+    print(registry.table(rows))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
         print(f"written to {args.json}")
@@ -170,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-message", type=int, default=5, help="events per Kafka message")
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("e2e", help="accepted->queryable and deadline->drop-off latency")
+    b.add_argument("--loads", type=int, nargs="+", default=[1000, 5000],
+                   help="offered loads, events/s, one after the other")  # fmt: skip
+    b.add_argument("--seconds", type=float, default=15.0, help="seconds of traffic per load")
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("all", help="every benchmark, one table, JSON with a timestamp")
+    b.add_argument("--json", type=Path, help="where to write (default <data_dir>/bench/)")
+    b.set_defaults(func=cmd_bench, process="bench")
 
     from tracker.simulate.scenarios import scenario_names
 
@@ -183,8 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="the same seed sends the same customers")
     p.add_argument("--journeys", type=Path, help="journeys file (default: TRACKER_JOURNEYS_FILE)")
     p.add_argument("--truth", type=Path, help="write the ground truth here as JSON")
-    p.add_argument("--relay", action="store_true",
-                   help="send as a server-side relay: everything due together, 100 per batch")
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="send as a server-side relay: everything due together, 100 per batch",
+    )
     p.set_defaults(func=cmd_simulate, process="simulate")
 
     p = sub.add_parser("demo", help="run the pipeline with simulated customers and report")

@@ -93,6 +93,15 @@ class Stack:
         except (RuntimeError, TimeoutError) as exc:
             raise TrackerError(f"{name} did not start: {exc}") from exc
 
+    def check(self) -> None:
+        """Raise if any part has exited."""
+        for child in self.children:
+            if child.proc.poll() is not None:
+                where = self.log_dir / f"{child.name}.log" if self.log_dir else "its output"
+                raise TrackerError(
+                    f"the {child.name} exited with code {child.proc.returncode}; see {where}"
+                )
+
     def wait(self) -> None:
         """Block until Ctrl-C / SIGTERM or until any part exits on its own."""
         done = threading.Event()

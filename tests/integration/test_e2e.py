@@ -30,8 +30,12 @@ from tracker.warehouse.client import QueryResult
 pytestmark = pytest.mark.integration
 
 DEMO_JOURNEYS = REPO_ROOT / "deploy" / "journeys.demo.yaml"
-KIND_OF_METRIC = {"stage": "StageEntered", "dropoff": "DropOff", "recovery": "Recovery",
-                  "conversion": "Conversion"}  # fmt: skip
+KIND_OF_METRIC = {
+    "stage": "StageEntered",
+    "dropoff": "DropOff",
+    "recovery": "Recovery",
+    "conversion": "Conversion",
+}
 
 
 def _rows(worker: str, sql: str) -> list[tuple[Any, ...]]:
@@ -60,9 +64,13 @@ def test_simulated_customers_end_to_end(
         truth = sim.truth
         db = settings.clickhouse_database
         settled = wait_settled(
-            lambda: _rows(worker.url, report.results_sql(db)), collector.url, worker.url, sim,
-            on_poll=lambda _: alive(), timeout=120,
-        )  # fmt: skip
+            lambda: _rows(worker.url, report.results_sql(db)),
+            collector.url,
+            worker.url,
+            sim,
+            on_poll=lambda _: alive(),
+            timeout=120,
+        )
         assert settled, "results still changing 120 s after the last deadline"
 
         # Nothing lost, nothing doubled: one row per message id sent, resends included once.
@@ -82,9 +90,7 @@ def test_simulated_customers_end_to_end(
         assert total(w, "tracker_sink_rows_total", table="touchpoints") == truth.messages
 
         # Journey results (FINAL) against the truth: every funnel figure and every drop-off.
-        figures = report.build(
-            lambda sql: QueryResult([], _rows(worker.url, sql)), db, journeys
-        )
+        figures = report.build(lambda sql: QueryResult([], _rows(worker.url, sql)), db, journeys)
         checked, mismatches = report.compare(figures, truth.funnel())
         assert mismatches == [] and checked > 50
         drops = sorted(
@@ -104,7 +110,10 @@ def test_simulated_customers_end_to_end(
         assert conversions == sorted(truth.conversion_list)
         # Customers stitched across devices and channels: results only under the customer keys.
         customers = {
-            c_ for (c_,) in _rows(worker.url, f"SELECT DISTINCT customer FROM {db}.journey_results FINAL")
+            c_
+            for (c_,) in _rows(
+                worker.url, f"SELECT DISTINCT customer FROM {db}.journey_results FINAL"
+            )
         }
         assert customers == set(truth.customers)
         assert any(len(ids) >= 3 for ids in truth.customers.values())
@@ -135,8 +144,11 @@ def test_tracker_demo_reports_a_match_and_writes_the_page(tmp_path: Path, unique
     env.update(TRACKER_DATA_DIR=str(tmp_path / "data"), TRACKER_KAFKA_HEAP="384m")
     out = subprocess.run(
         [sys.executable, "-m", "tracker.cli", "demo", "--duration", "8", "--seed", "3"],
-        env=env, capture_output=True, text=True, timeout=280,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "MATCH: all" in out.stdout
     assert "tracker query" in out.stdout
@@ -148,4 +160,6 @@ def test_tracker_demo_reports_a_match_and_writes_the_page(tmp_path: Path, unique
     for journey in journeys:
         assert f"<h2>{journey.name}</h2>" in html
     assert "figures match the ground truth" in html
-    assert "http" not in html.split("<body>", 1)[1].replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "http" not in html.split("<body>", 1)[1].replace(
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )

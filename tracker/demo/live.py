@@ -25,9 +25,7 @@ class Snapshot:
 def open_journeys(figures: dict[str, JourneyFigures]) -> int:
     """Instances started that have neither converted nor dropped off without coming back."""
     return sum(
-        j.stages[0].entered
-        - j.conversions
-        - sum(s.dropoffs - s.recoveries for s in j.stages)
+        j.stages[0].entered - j.conversions - sum(s.dropoffs - s.recoveries for s in j.stages)
         for j in figures.values()
     )
 
@@ -56,10 +54,10 @@ class LiveView:
         )
 
     def frame(self, snap: Snapshot, width: int = 24) -> str:
-        head = (
-            f"Touchpoint Tracker demo — {snap.phase} "
-            + (f"{snap.elapsed:.0f}/{snap.duration:.0f} s" if snap.phase == "sending"
-               else f"{snap.elapsed:.0f} s (waiting for the last deadlines)")  # fmt: skip
+        head = f"Touchpoint Tracker demo — {snap.phase} " + (
+            f"{snap.elapsed:.0f}/{snap.duration:.0f} s"
+            if snap.phase == "sending"
+            else f"{snap.elapsed:.0f} s (waiting for the last deadlines)"
         )
         lines = [head, self.line(snap), ""]
         top = max((s.entered for j in snap.figures.values() for s in j.stages), default=0) or 1
@@ -67,8 +65,10 @@ class LiveView:
             lines.append(f"{j.journey}  (converted {j.conversions})")
             for s in j.stages:
                 bar = "#" * round(width * s.entered / top)
-                lines.append(f"  {s.stage:<16}{bar:<{width}} {s.entered:>5}  dropped {s.dropoffs:>4}"
-                             f"  back {s.recoveries:>3}")  # fmt: skip
+                lines.append(
+                    f"  {s.stage:<16}{bar:<{width}} {s.entered:>5}  dropped {s.dropoffs:>4}"
+                    f"  back {s.recoveries:>3}"
+                )
         lines += ["", "drop-offs just detected:"]
         for journey, stage, customer, pain in snap.recent:
             lines.append(f"  {journey}/{stage}  {customer}  pain: {', '.join(pain) or '-'}")

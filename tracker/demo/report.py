@@ -174,8 +174,10 @@ def render_text(figures: dict[str, JourneyFigures], width: int = 30) -> str:
             f"({_pct(j.conversion_rate).strip()}), median time to convert "
             f"{_seconds(j.median_convert_ms)} (p90 {_seconds(j.p90_convert_ms)})"
         )
-        lines.append(f"  {'stage':<16}{'':<{width}} {'entered':>7} {'went on':>7} "
-                     f"{'drop-offs':>9} {'rate':>6} {'recovered':>9}  pain before drop-off")  # fmt: skip
+        lines.append(
+            f"  {'stage':<16}{'':<{width}} {'entered':>7} {'went on':>7} "
+            f"{'drop-offs':>9} {'rate':>6} {'recovered':>9}  pain before drop-off"
+        )
         for i, s in enumerate(j.stages):
             nxt = j.stages[i + 1] if i + 1 < len(j.stages) else None
             bar = "#" * round(width * s.entered / top)
@@ -197,8 +199,10 @@ def funnel_svg(j: JourneyFigures) -> str:
     row, left, width = 34, 140, 520
     height = row * len(j.stages) + 20
     top = max((s.entered for s in j.stages), default=0) or 1
-    parts = [f'<svg class="funnel" xmlns="http://www.w3.org/2000/svg" width="{left + width + 160}"'
-             f' height="{height}" role="img" aria-label="funnel of {_esc(j.journey)}">']  # fmt: skip
+    parts = [
+        f'<svg class="funnel" xmlns="http://www.w3.org/2000/svg" width="{left + width + 160}"'
+        f' height="{height}" role="img" aria-label="funnel of {_esc(j.journey)}">'
+    ]
     for i, s in enumerate(j.stages):
         y = 10 + i * row
         w = width * s.entered / top
@@ -217,9 +221,13 @@ def funnel_svg(j: JourneyFigures) -> str:
 
 
 def render_html(
-    figures: dict[str, JourneyFigures], *, title: str, checked: int, mismatches: list[str],
+    figures: dict[str, JourneyFigures],
+    *,
+    title: str,
+    checked: int,
+    mismatches: list[str],
     notes: list[str],
-) -> str:  # fmt: skip
+) -> str:
     verdict = (
         f'<p class="ok">All {checked} figures match the ground truth.</p>'
         if not mismatches
@@ -229,15 +237,17 @@ def render_html(
     body = [f"<h1>{_esc(title)}</h1>", verdict]
     body += [f"<p>{_esc(n)}</p>" for n in notes]
     for j in figures.values():
-        body.append(f'<section><h2>{_esc(j.journey)}</h2>')
+        body.append(f"<section><h2>{_esc(j.journey)}</h2>")
         body.append(
             f"<p>{j.conversions} converted of {j.stages[0].entered} "
             f"({_pct(j.conversion_rate).strip()}); median time to convert "
             f"{_seconds(j.median_convert_ms)}, p90 {_seconds(j.p90_convert_ms)}.</p>"
         )
         body.append(funnel_svg(j))
-        body.append("<table><tr><th>stage</th><th>entered</th><th>went on</th><th>drop-offs</th>"
-                    "<th>drop-off rate</th><th>recovered</th><th>top pain before drop-off</th></tr>")  # fmt: skip
+        body.append(
+            "<table><tr><th>stage</th><th>entered</th><th>went on</th><th>drop-offs</th>"
+            "<th>drop-off rate</th><th>recovered</th><th>top pain before drop-off</th></tr>"
+        )
         for i, s in enumerate(j.stages):
             nxt = j.stages[i + 1] if i + 1 < len(j.stages) else None
             pain = ", ".join(f"{_esc(name)} ({n})" for name, n in top_pain(s))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TextIO
 
 from tracker.core.journeys.definition import Journey, load
-from tracker.errors import TrackerError
 from tracker.demo import report
 from tracker.demo.live import LiveView, Snapshot
 from tracker.demo.settle import wait_for_partitions, wait_settled
@@ -25,6 +24,7 @@ from tracker.querying import run_query
 from tracker.settings import REPO_ROOT, Settings
 from tracker.simulate.run import Progress, SimulationResult, simulate
 from tracker.stack import Stack
+from tracker.warehouse.client import QueryResult
 
 DEMO_JOURNEYS = REPO_ROOT / "deploy" / "journeys.demo.yaml"
 SETTLE_TIMEOUT_S = 180.0
@@ -40,12 +40,14 @@ class DemoOutcome:
 
 
 def demo_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={
-        "data_dir": settings.data_dir / "demo",
-        "journeys_file": DEMO_JOURNEYS,
-        "kafka_port": 0,
-        "app_id": "touchpoint-tracker-demo",
-    })  # fmt: skip
+    return settings.model_copy(
+        update={
+            "data_dir": settings.data_dir / "demo",
+            "journeys_file": DEMO_JOURNEYS,
+            "kafka_port": 0,
+            "app_id": "touchpoint-tracker-demo",
+        }
+    )
 
 
 def child_env(s: Settings) -> dict[str, str]:
@@ -66,7 +68,7 @@ class _Watch:
         self.journeys = journeys
         self.db = s.clickhouse_database
 
-    def query(self, sql: str) -> report.QueryResult:
+    def query(self, sql: str) -> QueryResult:
         return run_query(self.settings, sql, timeout=30)
 
     def figures(self) -> dict[str, report.JourneyFigures]:
@@ -95,7 +97,7 @@ def run_demo(
     try:
         stack.start(collector_port=0, worker_port=0)
         urls = {c.name: c.url for c in stack.children}
-        wait_for_partitions(urls["worker"], lambda: check_alive(stack))
+        wait_for_partitions(urls["worker"], stack.check)
         watch = _Watch(s, journeys)
         began = time.monotonic()
         last = [0.0, 0]
@@ -105,13 +107,24 @@ def run_demo(
             now = time.monotonic()
             rate_now = (p.sent - last[1]) / max(now - last[0], 1e-3) if last[0] else 0.0
             last[:] = [now, p.sent]
-            view.show(Snapshot("sending", now - began, duration, p.customers, p.sent, rate_now,
-                               figures, recent))  # fmt: skip
+            view.show(
+                Snapshot(
+                    "sending", now - began, duration, p.customers, p.sent, rate_now, figures, recent
+                )
+            )
 
         sim = asyncio.run(
-            simulate(urls["collector"], "demo", journeys, scenario=scenario, rate=rate,
-                     duration=duration, seed=seed, truth_file=s.data_dir / "truth.json",
-                     on_progress=progress)  # fmt: skip
+            simulate(
+                urls["collector"],
+                "demo",
+                journeys,
+                scenario=scenario,
+                rate=rate,
+                duration=duration,
+                seed=seed,
+                truth_file=s.data_dir / "truth.json",
+                on_progress=progress,
+            )
         )
         settled = _settle(watch, urls, sim, view, began, duration, stack)
         outcome = _report(watch, sim, journeys, s, settled, out)
@@ -121,34 +134,49 @@ def run_demo(
     return outcome
 
 
-def check_alive(stack: Stack) -> None:
-    for child in stack.children:
-        if child.proc.poll() is not None:
-            where = stack.log_dir / f"{child.name}.log" if stack.log_dir else "its output"
-            raise TrackerError(f"the {child.name} exited with code {child.proc.returncode}; "
-                               f"see {where}")  # fmt: skip
-
-
 def _settle(
-    watch: _Watch, urls: dict[str, str], sim: SimulationResult, view: LiveView, began: float,
-    duration: float, stack: Stack,
-) -> bool:  # fmt: skip
+    watch: _Watch,
+    urls: dict[str, str],
+    sim: SimulationResult,
+    view: LiveView,
+    began: float,
+    duration: float,
+    stack: Stack,
+) -> bool:
     def poll(rows: list[tuple[object, ...]]) -> None:
-        check_alive(stack)
-        figures = report.counts(report.QueryResult(["j", "k", "s", "n"], rows), watch.journeys)
-        view.show(Snapshot("settling", time.monotonic() - began, duration, sim.customers,
-                           sim.stats.accepted, 0.0, figures, watch.recent()))  # fmt: skip
+        stack.check()
+        figures = report.counts(QueryResult(["j", "k", "s", "n"], rows), watch.journeys)
+        view.show(
+            Snapshot(
+                "settling",
+                time.monotonic() - began,
+                duration,
+                sim.customers,
+                sim.stats.accepted,
+                0.0,
+                figures,
+                watch.recent(),
+            )
+        )
 
     return wait_settled(
         lambda: watch.query(report.results_sql(watch.db)).rows,
-        urls["collector"], urls["worker"], sim, on_poll=poll, timeout=SETTLE_TIMEOUT_S,
-    )  # fmt: skip
+        urls["collector"],
+        urls["worker"],
+        sim,
+        on_poll=poll,
+        timeout=SETTLE_TIMEOUT_S,
+    )
 
 
 def _report(
-    watch: _Watch, sim: SimulationResult, journeys: tuple[Journey, ...], s: Settings,
-    settled: bool, out: TextIO,
-) -> DemoOutcome:  # fmt: skip
+    watch: _Watch,
+    sim: SimulationResult,
+    journeys: tuple[Journey, ...],
+    s: Settings,
+    settled: bool,
+    out: TextIO,
+) -> DemoOutcome:
     figures = report.build(watch.query, watch.db, journeys)
     checked, mismatches = report.compare(figures, sim.truth.funnel())
     drops = sorted(
@@ -171,14 +199,23 @@ def _report(
         f"{report.CONVERT_TOLERANCE_MS} ms (event times carry each request's latency).",
     ]
     html = s.data_dir / "report.html"
-    html.write_text(report.render_html(figures, title="Touchpoint Tracker demo report",
-                                       checked=checked, mismatches=mismatches, notes=notes))  # fmt: skip
+    html.write_text(
+        report.render_html(
+            figures,
+            title="Touchpoint Tracker demo report",
+            checked=checked,
+            mismatches=mismatches,
+            notes=notes,
+        )
+    )
     print("\n" + report.render_text(figures), file=out)
     for note in notes:
         print(note, file=out)
     if mismatches:
-        print(f"MISMATCH: {len(mismatches)} of {checked} figures differ from the ground truth:",
-              file=out)  # fmt: skip
+        print(
+            f"MISMATCH: {len(mismatches)} of {checked} figures differ from the ground truth:",
+            file=out,
+        )
         for m in mismatches:
             print(f"  - {m}", file=out)
     else:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from tracker.core.journeys.definition import Journey
@@ -174,7 +174,11 @@ class _CustomerBuilder:
         first = self.scenario.journey.stages[0].steps
         closing = self._walk(self.scenario.journey, self.start, rng.choice(first))
         follow = self.scenario.follow_on
-        if follow is not None and closing is not None and closing[1] == self.scenario.follow_on_step:
+        if (
+            follow is not None
+            and closing is not None
+            and closing[1] == self.scenario.follow_on_step
+        ):
             self._walk(follow, closing[0], None)
         events = sorted(self.events, key=lambda e: e.t)
         needs_login = [
@@ -204,7 +208,11 @@ class _CustomerBuilder:
     def _device(self, n: int, kind: str) -> _Device:
         flush = self.rng.uniform(0.5, 2.0)
         return _Device(
-            f"{DEVICE_ROUTES_PREFIX}{self.name}-d{n}", kind, _skew(self.rng), flush, self.rng.uniform(0, flush)
+            f"{DEVICE_ROUTES_PREFIX}{self.name}-d{n}",
+            kind,
+            _skew(self.rng),
+            flush,
+            self.rng.uniform(0, flush),
         )
 
     def _walk(self, plan: JourneyPlan, t0: float, opening: Step | None) -> tuple[float, str] | None:
@@ -226,7 +234,9 @@ class _CustomerBuilder:
             love = rng.random() < stage.love_chance and bool(stage.love)
             p_drop = stage.drop * (sc.pain_boost if pain else 1) * (sc.love_damp if love else 1)
             r = rng.random()
-            move = "drop" if r < min(p_drop, 0.95) else "stall" if r < p_drop + stage.stall else "go"
+            move = (
+                "drop" if r < min(p_drop, 0.95) else "stall" if r < p_drop + stage.stall else "go"
+            )
             gap = 0.0
             if move == "stall":
                 gap = room * rng.uniform(1.3, 1.6)
@@ -247,12 +257,14 @@ class _CustomerBuilder:
             seen.sort(key=lambda x: x[0])
             self.events += [_Event(at, step) for at, step in seen]
             if move != "go":
-                out.dropoffs.append((
-                    stage.stage,
-                    tuple(s.signal for _, s in seen if s.signal and s in stage.pain),
-                    tuple(s.signal for _, s in seen if s.signal and s in stage.love),
-                    until,
-                ))  # fmt: skip
+                out.dropoffs.append(
+                    (
+                        stage.stage,
+                        tuple(s.signal for _, s in seen if s.signal and s in stage.pain),
+                        tuple(s.signal for _, s in seen if s.signal and s in stage.love),
+                        until,
+                    )
+                )
             if move == "drop":
                 return None
             if move == "stall":
@@ -286,9 +298,18 @@ class _CustomerBuilder:
                 # The customer logs in: on the device in hand, then on every other one it has.
                 for d in [*used, *[d for d in devices if d not in used]]:
                     d.login_t = max(login_t, last + SPACING_S)
-                    add(d.login_t, {"type": "identify", "anonymousId": d.anon_id,
-                                    "userId": self.user_id, "channel": d.kind,
-                                    "traits": {"plan": "member"}}, d.anon_id, d.skew_ms)  # fmt: skip
+                    add(
+                        d.login_t,
+                        {
+                            "type": "identify",
+                            "anonymousId": d.anon_id,
+                            "userId": self.user_id,
+                            "channel": d.kind,
+                            "traits": {"plan": "member"},
+                        },
+                        d.anon_id,
+                        d.skew_ms,
+                    )
             step = event.step
             fields: dict[str, Any] = {"type": step.type, "properties": step.properties()}
             fields["name" if step.type == "page" else "event"] = step.name
@@ -307,9 +328,17 @@ class _CustomerBuilder:
                 device = self._device(len(devices), step.channel)
                 devices.append(device)
                 device.login_t = max(event.t - 0.05, last + SPACING_S)
-                add(device.login_t, {"type": "identify", "anonymousId": device.anon_id,
-                                     "userId": self.user_id, "channel": device.kind},
-                    device.anon_id, device.skew_ms)  # fmt: skip
+                add(
+                    device.login_t,
+                    {
+                        "type": "identify",
+                        "anonymousId": device.anon_id,
+                        "userId": self.user_id,
+                        "channel": device.kind,
+                    },
+                    device.anon_id,
+                    device.skew_ms,
+                )
                 choices = [device]
             device = rng.choice(choices)
             if device not in used:

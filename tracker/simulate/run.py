@@ -71,10 +71,17 @@ async def simulate(
         reporter = None
         if on_progress is not None:
             reporter = asyncio.create_task(
-                _report(on_progress, lambda: Progress(
-                    time.monotonic() - began, sender.stats.accepted, admitted, sender.stats, truth
-                ))
-            )  # fmt: skip
+                _report(
+                    on_progress,
+                    lambda: Progress(
+                        time.monotonic() - began,
+                        sender.stats.accepted,
+                        admitted,
+                        sender.stats,
+                        truth,
+                    ),
+                )
+            )
         try:
             while pending or upcoming is not None:
                 # Plan every customer who has arrived by the time the next delivery is due.
@@ -104,8 +111,14 @@ async def simulate(
                 reporter.cancel()
     seconds = time.monotonic() - began
     if truth_file is not None:
-        truth.write(truth_file, scenario=scenario, seed=seed, rate=rate, duration=duration,
-                    started_at_ms=start_ms)  # fmt: skip
+        truth.write(
+            truth_file,
+            scenario=scenario,
+            seed=seed,
+            rate=rate,
+            duration=duration,
+            started_at_ms=start_ms,
+        )
     return SimulationResult(truth, sender.stats, start_ms, seconds, admitted)
 
 

@@ -72,6 +72,8 @@ def _p(**props: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(props.items())
 
 
+# The scenario tables read best laid out by hand.
+# fmt: off
 ECOMMERCE = Scenario(
     name="ecommerce",
     journey=JourneyPlan(
@@ -120,7 +122,8 @@ ECOMMERCE = Scenario(
                       pain=(Step("Shipment Tracked", props=_p(carrier="dhl"),
                                  signal="tracking_checked_often"),),
                       pain_chance=0.3),
-            StagePlan("shipped", (Step("Order Shipped", channel="courier", props=_p(carrier="dhl")),),
+            StagePlan("shipped",
+                      (Step("Order Shipped", channel="courier", props=_p(carrier="dhl")),),
                       drop=0.1, stall=0.15,
                       pain=(Step("Delivery Problem", channel="courier", props=_p(kind="damaged"),
                                  signal="damaged_parcel"),
@@ -256,6 +259,8 @@ HOSPITALITY = Scenario(
         Step("Spa Viewed", props=_p(path="/spa")),
     ),
 )
+
+# fmt: on
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (ECOMMERCE, BANKING, TELECOM, HOSPITALITY)}
 # The mix: how often a simulated customer comes from each industry.

@@ -102,10 +102,12 @@ class Sender:
         backoff = BACKOFF_START_S
         while True:
             sent_ms = int(time.time() * 1000)
-            body = orjson.dumps({
-                "batch": [wire_message(t, self.start_ms, sent_ms) for t in touches],
-                "sentAt": iso(sent_ms + touches[0].skew_ms),
-            })  # fmt: skip
+            body = orjson.dumps(
+                {
+                    "batch": [wire_message(t, self.start_ms, sent_ms) for t in touches],
+                    "sentAt": iso(sent_ms + touches[0].skew_ms),
+                }
+            )
             wait: float
             t0 = time.monotonic()
             try:
@@ -147,4 +149,3 @@ def _seconds(header: str | None, *, default: float) -> float:
     except ValueError:
         value = default
     return min(max(value, 0.05), MAX_RETRY_AFTER_S)
-

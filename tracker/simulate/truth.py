@@ -36,13 +36,15 @@ class Truth:
     unique_messages: int = 0
     last_deadline: float = 0.0  # seconds from the start: the last planned drop-off deadline
     last_send: float = 0.0
+    sends_by_second: Counter[int] = field(default_factory=Counter)  # messages planned per second
 
     def add(self, plan: CustomerPlan) -> None:
         self.customers[plan.key] = plan.ids
         self.unique_messages += len(plan.touches)
         self.messages += sum(len(d.touches) for d in plan.deliveries)
-        if plan.deliveries:
-            self.last_send = max(self.last_send, plan.deliveries[-1].at)
+        for delivery in plan.deliveries:
+            self.sends_by_second[int(delivery.at)] += len(delivery.touches)
+            self.last_send = max(self.last_send, delivery.at)
         for out in plan.outcomes:
             j = out.journey
             for stage in out.entered:
@@ -68,14 +70,18 @@ class Truth:
             stages = []
             for stage in journey.stages:
                 s = stage.name
-                pain = {sig: n for (jj, ss, sig), n in sorted(self.pain.items()) if (jj, ss) == (j, s)}
-                stages.append({
-                    "stage": s,
-                    "entered": self.entered[(j, s)],
-                    "dropoffs": self.dropoffs[(j, s)],
-                    "recoveries": self.recoveries[(j, s)],
-                    "pain": pain,
-                })  # fmt: skip
+                pain = {
+                    sig: n for (jj, ss, sig), n in sorted(self.pain.items()) if (jj, ss) == (j, s)
+                }
+                stages.append(
+                    {
+                        "stage": s,
+                        "entered": self.entered[(j, s)],
+                        "dropoffs": self.dropoffs[(j, s)],
+                        "recoveries": self.recoveries[(j, s)],
+                        "pain": pain,
+                    }
+                )
             times = sorted(self.convert_ms.get(j, []))
             out[j] = {
                 "stages": stages,
