@@ -154,12 +154,6 @@ class JourneyAgents:
         async def assigned(app: Any, assigned: Any = None, **kwargs: Any) -> None:
             ours = {self.touchpoints.get_topic_name(), self.journey_input.get_topic_name()}
             self.active = {tp.partition for tp in assigned or () if tp.topic in ours}
-            # Table writes look the changelog's partitions up in the producer's metadata without
-            # waiting; on a fresh cluster the producer has none yet for those topics, and the
-            # first write would crash the app. Fetch them before any batch is handled.
-            producer = self.app.producer._ensure_producer()
-            for table in (self.customers, self.owners, self.links):
-                await producer.partitions_for(table.changelog_topic.get_topic_name())
             self.metrics.assigned_partitions.set(len(self.active))
 
         @self.app.on_rebalance_complete.connect
@@ -235,6 +229,7 @@ class JourneyAgents:
     # -- forwarded touchpoints and ownership notices --------------------------------------------
 
     async def on_journey_input(self, events: list[Any]) -> None:
+        await self._changelog_metadata()  # ownership notices write the owners table
         now = now_ms()
         local: dict[str, list[Touchpoint]] = {}
         forward: dict[str, list[Touchpoint]] = {}
@@ -275,6 +270,7 @@ class JourneyAgents:
     # -- the identity graph ----------------------------------------------------------------------
 
     async def on_links(self, events: list[Any]) -> None:
+        await self._changelog_metadata()
         ids = self._identities()
         for event in events:
             from_id, user_id, t, message_id = orjson.loads(event.message.value)
@@ -380,12 +376,23 @@ class JourneyAgents:
         """
         rows, self._rows = list(self._rows.values()), {}
         await self.sink.write(rows)
+        await self._changelog_metadata()
         for key in self._gone:
             self.customers.pop(key.encode(), None)
         for key, state in self._dirty.items():
             self.customers[key.encode()] = dump_state(state, self.engine.fingerprint)
         self._gone = set()
         self._dirty = {}
+
+    async def _changelog_metadata(self) -> None:
+        """Table writes look their changelog's partitions up in the producer's metadata without
+        waiting for it; on a fresh cluster (or after a rebalance that created the topics) the
+        producer may not know them yet, and the write would crash the app. Wait for them."""
+        producer = self.app.producer._ensure_producer()
+        for table in (self.customers, self.owners, self.links):
+            topic = table.changelog_topic.get_topic_name()
+            if producer.client.cluster.partitions_for_topic(topic) is None:
+                await producer.partitions_for(topic)
 
     async def _send_tps(self, key: str, tps: list[Touchpoint]) -> None:
         if tps:

@@ -96,10 +96,10 @@ def _cell(value: float | None, width: int) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    lines = [f"{'figure':<42}{'value':>12}{'baseline':>12}{'ratio':>8}{'target':>10}"]
+    lines = [f"{'figure':<50}{'value':>12}{'baseline':>12}{'ratio':>8}{'target':>10}"]
     for r in rows:
         lines.append(
-            f"{r.figure:<42}{_cell(r.value, 12)}{_cell(r.baseline, 12)}"
+            f"{r.figure:<50}{_cell(r.value, 12)}{_cell(r.baseline, 12)}"
             f"{_cell(r.ratio, 8)}{_cell(r.target, 10)}"
         )
     return "\n".join(lines)
