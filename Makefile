@@ -1,5 +1,8 @@
 # The two entry points of the README, plus the pieces they are made of.
-.PHONY: up test lint setup setup-test
+.PHONY: demo up test lint setup setup-test
+
+demo: setup          ## set up, then run the pipeline with simulated customers and report
+	.venv/bin/tracker demo
 
 up: setup            ## set up, then run the whole pipeline on the embedded defaults
 	.venv/bin/tracker up

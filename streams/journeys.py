@@ -170,24 +170,12 @@ class JourneyAgents:
         async def assigned(app: Any, assigned: Any = None, **kwargs: Any) -> None:
             ours = {self.touchpoints.get_topic_name(), self.journey_input.get_topic_name()}
             self.active = {tp.partition for tp in assigned or () if tp.topic in ours}
-            await self._learn_changelog_partitions()
             self.metrics.assigned_partitions.set(len(self.active))
 
         @self.app.on_rebalance_complete.connect
         async def rebalanced(app: Any, **kwargs: Any) -> None:
             self.timers_stale = True
             self.identities = None
-
-    async def _learn_changelog_partitions(self) -> None:
-        """Make the producer know every table's changelog topic before a table is written.
-
-        The tables pick a changelog partition with the producer's partitioner, which needs the
-        topic in the producer's metadata; a write before that (a new worker's first batch) would
-        fail with a TypeError inside aiokafka and crash the worker.
-        """
-        producer = self.app.producer._ensure_producer()  # aiokafka's; faust has no public way
-        for table in (self.customers, self.owners, self.links):
-            await producer.partitions_for(table.changelog_topic.get_topic_name())
 
     # -- touchpoints as they come from the collector ---------------------------------------------
 
@@ -257,6 +245,7 @@ class JourneyAgents:
     # -- forwarded touchpoints and ownership notices --------------------------------------------
 
     async def on_journey_input(self, events: list[Any]) -> None:
+        await self._changelog_metadata()  # ownership notices write the owners table
         now = now_ms()
         local: dict[str, list[Touchpoint]] = {}
         forward: dict[str, list[Touchpoint]] = {}
@@ -297,6 +286,7 @@ class JourneyAgents:
     # -- the identity graph ----------------------------------------------------------------------
 
     async def on_links(self, events: list[Any]) -> None:
+        await self._changelog_metadata()
         ids = self._identities()
         for event in events:
             from_id, user_id, t, message_id = orjson.loads(event.message.value)
@@ -408,12 +398,23 @@ class JourneyAgents:
         changes, self._changes = self._changes, []
         await self.sink.write(rows)
         await self.changes_sink.write(changes)
+        await self._changelog_metadata()
         for key in self._gone:
             self.customers.pop(key.encode(), None)
         for key, state in self._dirty.items():
             self.customers[key.encode()] = dump_state(state, self.engine.fingerprint)
         self._gone = set()
         self._dirty = {}
+
+    async def _changelog_metadata(self) -> None:
+        """Table writes look their changelog's partitions up in the producer's metadata without
+        waiting for it; on a fresh cluster (or after a rebalance that created the topics) the
+        producer may not know them yet, and the write would crash the app. Wait for them."""
+        producer = self.app.producer._ensure_producer()
+        for table in (self.customers, self.owners, self.links):
+            topic = table.changelog_topic.get_topic_name()
+            if producer.client.cluster.partitions_for_topic(topic) is None:
+                await producer.partitions_for(topic)
 
     async def _send_tps(self, key: str, tps: list[Touchpoint]) -> None:
         if tps:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from tracker.errors import BrokerError, TrackerError
@@ -116,22 +117,6 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_collector(settings: Settings, args: argparse.Namespace) -> int:
-    import json
-
-    from tracker.bench import collector
-
-    result = collector.run(
-        settings, seconds=args.seconds, rate=args.rate, batch=args.batch,
-        connections=args.connections,
-    )  # fmt: skip
-    print(collector.table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"written to {args.json}")
-    return 0
-
-
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     """``tracker funnel|dropoffs|journey``: a named analyst query (tracker/warehouse/queries.py)."""
     from datetime import UTC, datetime, timedelta
@@ -160,22 +145,73 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from tracker.bench import worker
+    from tracker.bench import registry
 
-    result = worker.run(
-        settings, events=args.events, customers=args.customers, per_message=args.per_message
-    )
-    targets = result["targets"]
-    print(f"{'figure':<28}{'value':>14}{'baseline':>14}{'ratio':>8}{'target':>12}")
-    print(f"{'worker events/s':<28}{result['worker_events_per_s']:>14,}"
-          f"{result['baseline_events_per_s']:>14,}{result['ratio']:>8}"
-          f"{targets['worker_events_per_s']:>12,}")  # fmt: skip
-    print(f"{'bytes per open instance':<28}{result['bytes_per_open_instance']:>14,}"
-          f"{'':>14}{'':>8}{targets['bytes_per_open_instance']:>12,}")  # fmt: skip
+    if args.bench == "all":
+        path = args.json or settings.data_dir / "bench" / f"bench-{int(time.time())}.json"
+        rows, failed = registry.run_all(settings, path)
+        print(registry.table(rows))
+        for failure in failed:
+            print(f"failed: {failure}")
+        print(f"written to {path}")
+        return 1 if failed else 0
+    if args.bench == "e2e":
+        from tracker.bench import e2e
+
+        result = e2e.run(settings, loads=args.loads, seconds=args.seconds)
+        rows = registry.e2e_rows(result)
+    elif args.bench == "collector":
+        from tracker.bench import collector
+
+        result = collector.run(
+            settings, seconds=args.seconds, rate=args.rate, batch=args.batch,
+            connections=args.connections,
+        )  # fmt: skip
+        rows = registry.collector_rows(result)
+    else:
+        from tracker.bench import worker
+
+        result = worker.run(
+            settings, events=args.events, customers=args.customers, per_message=args.per_message
+        )
+        rows = registry.worker_rows(result)
+    print(registry.table(rows))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
         print(f"written to {args.json}")
     return 0
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.core.journeys.definition import load
+    from tracker.simulate.run import simulate
+
+    journeys = load(args.journeys or settings.journeys_file)
+    result = asyncio.run(
+        simulate(
+            args.url, args.write_key, journeys, scenario=args.scenario, rate=args.rate,
+            duration=args.duration, seed=args.seed, relay=args.relay, truth_file=args.truth,
+        )
+    )  # fmt: skip
+    stats, truth = result.stats, result.truth
+    print(
+        f"sent {stats.accepted} messages ({truth.unique_messages} unique ids) for "
+        f"{result.customers} customers in {result.seconds:.1f}s: "
+        f"{stats.accepted / result.seconds:,.0f} messages/s, {stats.requests} requests, "
+        f"{stats.retries} retries ({stats.throttled} answered 429/503)"
+    )
+    if args.truth:
+        print(f"ground truth written to {args.truth}")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.demo.run import run_demo
+
+    outcome = run_demo(
+        settings, duration=args.duration, rate=args.rate, seed=args.seed, scenario=args.scenario
+    )
+    return 0 if outcome.matched else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=20, help="events per request")
     b.add_argument("--connections", type=int, default=32, help="keep-alive connections (max)")
     b.add_argument("--json", type=Path, help="also write the figures here")
-    b.set_defaults(func=cmd_bench_collector, process="bench")
+    b.set_defaults(func=cmd_bench, process="bench")
 
     p = sub.add_parser(
         "import", help="load a CSV or NDJSON export of offline touchpoints",
@@ -228,6 +264,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", default="offline", help="channel of rows that name none")
     p.add_argument("--rejects", type=Path, help="write rejected rows here (NDJSON)")
     p.set_defaults(func=cmd_import, process="import")
+
+    b = bench.add_parser("e2e", help="accepted->queryable and deadline->drop-off latency")
+    b.add_argument("--loads", type=int, nargs="+", default=[1000, 5000],
+                   help="offered loads, events/s, one after the other")  # fmt: skip
+    b.add_argument("--seconds", type=float, default=15.0, help="seconds of traffic per load")
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("all", help="every benchmark, one table, JSON with a timestamp")
+    b.add_argument("--json", type=Path, help="where to write (default <data_dir>/bench/)")
+    b.set_defaults(func=cmd_bench, process="bench")
+
+    from tracker.simulate.scenarios import scenario_names
+
+    p = sub.add_parser("simulate", help="send realistic customer traffic to a collector")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the collector's base URL")
+    p.add_argument("--write-key", default="", help="the source's write key (HTTP Basic user)")
+    p.add_argument("--rate", type=float, default=50.0, help="touchpoints per second, about")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds during which customers "
+                   "arrive; the run ends when the last one has finished")  # fmt: skip
+    p.add_argument("--scenario", choices=scenario_names(), default="mix")
+    p.add_argument("--seed", type=int, default=1, help="the same seed sends the same customers")
+    p.add_argument("--journeys", type=Path, help="journeys file (default: TRACKER_JOURNEYS_FILE)")
+    p.add_argument("--truth", type=Path, help="write the ground truth here as JSON")
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="send as a server-side relay: everything due together, 100 per batch",
+    )
+    p.set_defaults(func=cmd_simulate, process="simulate")
+
+    p = sub.add_parser("demo", help="run the pipeline with simulated customers and report")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of arriving customers")
+    p.add_argument("--rate", type=float, default=40.0, help="touchpoints per second, about")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scenario", choices=scenario_names(), default="mix")
+    p.set_defaults(func=cmd_demo, process="demo")
 
     p = sub.add_parser("query", help="run a read-only SQL query on the warehouse")
     p.add_argument("sql")

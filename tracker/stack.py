@@ -37,6 +37,8 @@ class Stack:
     kafka: EmbeddedKafka | None = None
     bootstrap: str = ""
     children: list[Child] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # extra settings for the child processes
+    log_dir: Path | None = None  # children log to <log_dir>/<name>.log instead of the terminal
 
     def start(self, *, collector_port: int, worker_port: int, timeout: float = 120.0) -> None:
         s = self.settings
@@ -67,13 +69,21 @@ class Stack:
     def _spawn(self, name: str, command: str, port: int, timeout: float) -> None:
         ready = self.settings.data_dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
-        env = {**os.environ, "TRACKER_KAFKA_BOOTSTRAP": self.bootstrap}
+        env = {**os.environ, **self.env, "TRACKER_KAFKA_BOOTSTRAP": self.bootstrap}
+        log = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "tracker.cli", command, "--port", str(port),
              "--ready-file", str(ready)],
             env=env,
             stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
         )  # fmt: skip
+        if log is not None:
+            log.close()  # the child has its own descriptor
         child = Child(name, proc)
         self.children.append(child)
         try:
@@ -82,6 +92,15 @@ class Stack:
             ]
         except (RuntimeError, TimeoutError) as exc:
             raise TrackerError(f"{name} did not start: {exc}") from exc
+
+    def check(self) -> None:
+        """Raise if any part has exited."""
+        for child in self.children:
+            if child.proc.poll() is not None:
+                where = self.log_dir / f"{child.name}.log" if self.log_dir else "its output"
+                raise TrackerError(
+                    f"the {child.name} exited with code {child.proc.returncode}; see {where}"
+                )
 
     def wait(self) -> None:
         """Block until Ctrl-C / SIGTERM or until any part exits on its own."""

@@ -92,22 +92,3 @@ def run(
         "max_s": figures["fixed"]["max_s"],
         "targets": TARGETS,
     }
-
-
-def table(result: dict[str, Any]) -> str:
-    targets = result["targets"]
-    ms = 1000
-    rows = [
-        f"{'figure':<34}{'value':>12}{'baseline':>12}{'ratio':>8}{'target':>10}",
-        f"{'collector events/s (max)':<34}{result['collector_events_per_s']:>12,}"
-        f"{result['baseline_events_per_s']:>12,}{result['ratio']!s:>8}"
-        f"{targets['collector_events_per_s']:>10,}",
-        f"{'events/s offered / achieved':<34}{result['fixed_offered_events_per_s']:>12,}"
-        f"{result['fixed_achieved_events_per_s']:>12,}",
-        f"{'p50 latency at fixed load (ms)':<34}{result['p50_s'] * ms:>12.1f}",
-        f"{'p99 latency at fixed load (ms)':<34}{result['p99_s'] * ms:>12.1f}"
-        f"{'':>12}{'':>8}{targets['p99_s'] * ms:>10.0f}",
-        f"{'failed requests (max / fixed)':<34}{result['collector_failed_requests']:>12}"
-        f"{result['fixed_failed_requests']:>12}",
-    ]
-    return "\n".join(rows)

@@ -234,7 +234,7 @@ def next_deadline(
     """
     due = [
         r.at
-        for r in evaluate(journey, "", history, NEVER)
+        for r in evaluate(journey, "", history, NEVER, base)
         if isinstance(r, DropOff) and r.at >= now
     ]
     return min(due) if due else None
