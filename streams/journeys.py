@@ -53,7 +53,6 @@ from tracker.warehouse.sink import (
     CHANGE_COLUMNS,
     TableSink,
     change_db_row,
-    result_db_row,
     touchpoint_row,
 )
 
@@ -114,7 +113,9 @@ class JourneyAgents:
         # the partition it is processed in; values are JSON.
         # (faust derives the changelog serializers from key_type/value_type: bytes = raw.)
         table_opts: dict[str, Any] = {"use_partitioner": True, "key_type": bytes}
-        self.customers = app.Table("customers", partitions=n, **table_opts)
+        # Customer states are kept as their JSON bytes: a few hundred bytes each, where the same
+        # state as Python lists and strings takes several times that, for every customer held.
+        self.customers = app.Table("customers", partitions=n, value_type=bytes, **table_opts)
         self.owners = app.Table("owners", partitions=n, **table_opts)
         self.links = app.Table("identity-links", partitions=1, **table_opts)
         self.identities: Identities | None = None
@@ -213,20 +214,26 @@ class JourneyAgents:
         if late:
             self.metrics.late_events.inc(late)
         self.metrics.events_consumed.inc(len(rows))
-        await self.touchpoint_sink.write(rows)
-        local: dict[str, list[Touchpoint]] = {}
-        forward: dict[str, list[Touchpoint]] = {}
-        async with self.lock:
-            # Ownership is looked up under the lock: an ownership notice handled between the
-            # lookup and the update would otherwise leave these touchpoints with the old owner.
-            for sender, tps in by_sender:
-                owner = self._owner(sender)
-                (local if owner == sender else forward).setdefault(owner, []).extend(tps)
-            self._apply(local, now)
-            await self._commit()
-        for key, tps in forward.items():
-            await self._send_tps(key, tps)
-        await self._send_links(links)
+        # The raw rows are written while the journeys are worked out: the insert runs in a
+        # thread. The batch is acknowledged only after both, so a crash in between loses nothing
+        # (raw rows collapse by message id, and the journeys ignore messageIds they have seen).
+        raw = asyncio.ensure_future(self.touchpoint_sink.write(rows))
+        try:
+            local: dict[str, list[Touchpoint]] = {}
+            forward: dict[str, list[Touchpoint]] = {}
+            async with self.lock:
+                # Ownership is looked up under the lock: an ownership notice handled between the
+                # lookup and the update would otherwise leave these touchpoints with the old owner.
+                for sender, tps in by_sender:
+                    owner = self._owner(sender)
+                    (local if owner == sender else forward).setdefault(owner, []).extend(tps)
+                self._apply(local, now)
+                await self._commit()
+            for key, tps in forward.items():
+                await self._send_tps(key, tps)
+            await self._send_links(links)
+        finally:
+            await raw
 
     async def _send_links(self, links: list[Link]) -> None:
         for link in links:
@@ -333,7 +340,7 @@ class JourneyAgents:
         for raw in self.customers.values():
             if not raw:
                 continue  # a deletion recovered from the changelog
-            state = load_state(raw, self.engine.fingerprint)
+            state = load_state(orjson.loads(raw), self.engine.fingerprint)
             if not self._is_ours(state.customer):
                 continue
             self.journey_metrics.add_state(state)
@@ -361,7 +368,7 @@ class JourneyAgents:
         if key in self._gone:
             return None
         raw = self.customers.get(key.encode())
-        return load_state(raw, self.engine.fingerprint) if raw else None
+        return load_state(orjson.loads(raw), self.engine.fingerprint) if raw else None
 
     def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
         for key in sorted(batch):
@@ -382,10 +389,9 @@ class JourneyAgents:
         for sign, result in changes:
             row = result_row(sign, result, version)
             key = (row[0], row[1], row[2], row[3], row[6], version)
-            db_row = result_db_row(row)
             if sign > 0 or key not in self._rows:  # a new value for a key supersedes its withdrawal
-                self._rows[key] = db_row
-            self._changes.append(change_db_row(db_row, sign))  # the signed table keeps both
+                self._rows[key] = row
+            self._changes.append(change_db_row(row, sign))  # the signed table keeps both
 
     async def _commit(self) -> None:
         """Write the batch's result rows in one insert (and its signed changes in another),
@@ -402,7 +408,7 @@ class JourneyAgents:
         for key in self._gone:
             self.customers.pop(key.encode(), None)
         for key, state in self._dirty.items():
-            self.customers[key.encode()] = dump_state(state, self.engine.fingerprint)
+            self.customers[key.encode()] = orjson.dumps(dump_state(state, self.engine.fingerprint))
         self._gone = set()
         self._dirty = {}
 

@@ -30,12 +30,7 @@ from tracker.warehouse.client import QueryResult
 pytestmark = pytest.mark.integration
 
 DEMO_JOURNEYS = REPO_ROOT / "deploy" / "journeys.demo.yaml"
-KIND_OF_METRIC = {
-    "stage": "StageEntered",
-    "dropoff": "DropOff",
-    "recovery": "Recovery",
-    "conversion": "Conversion",
-}
+KINDS = ("stage", "dropoff", "recovery", "conversion")  # the metrics' kind label
 
 
 def _rows(worker: str, sql: str) -> list[tuple[Any, ...]]:
@@ -121,15 +116,15 @@ def test_simulated_customers_end_to_end(
         # Prometheus: results emitted minus results withdrawn = the truth, per journey and kind.
         want: Counter[tuple[str, str]] = Counter()
         for (j, _), n in truth.entered.items():
-            want[(j, "StageEntered")] += n
+            want[(j, "stage")] += n
         for (j, _), n in truth.dropoffs.items():
-            want[(j, "DropOff")] += n
+            want[(j, "dropoff")] += n
         for (j, _), n in truth.recoveries.items():
-            want[(j, "Recovery")] += n
+            want[(j, "recovery")] += n
         for j, n in truth.conversions.items():
-            want[(j, "Conversion")] += n
+            want[(j, "conversion")] += n
         for journey in journeys:
-            for kind in KIND_OF_METRIC.values():
+            for kind in KINDS:
                 net = total(
                     w, "tracker_journey_results_total", journey=journey.name, kind=kind
                 ) - total(w, "tracker_journey_corrections_total", journey=journey.name, kind=kind)

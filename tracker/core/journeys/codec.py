@@ -85,7 +85,7 @@ RESULT_COLUMNS = (
 def result_row(sign: int, r: Result, version: int) -> list[Any]:
     """One ``journey_results`` row; a withdrawn result is the same key with ``is_deleted=1``.
 
-    Times stay in epoch ms here; the sink turns them into DateTime64 values.
+    Times are epoch ms, which the DateTime64(3) columns take as they are.
     """
     start = int(r.instance.split(":", 1)[0])
     stage, level, since, duration, expired, channel, last_event, message_id = (
