@@ -408,7 +408,9 @@ class JourneyAgents:
         for key in self._gone:
             self.customers.pop(key.encode(), None)
         for key, state in self._dirty.items():
-            self.customers[key.encode()] = orjson.dumps(dump_state(state, self.engine.fingerprint))
+            value = orjson.dumps(dump_state(state, self.engine.fingerprint))
+            # A copy of exactly its length: orjson's own result keeps a buffer of several KB.
+            self.customers[key.encode()] = bytes(memoryview(value))
         self._gone = set()
         self._dirty = {}
 
