@@ -5,14 +5,17 @@ Topics (``<app>`` is the app id):
 - the touchpoints topic, keyed by the sender's id (userId, else anonymousId);
 - ``<app>-journey-input``, keyed by customer key: touchpoints forwarded to their customer's
   partition, and ``owner`` notices ("id X now belongs to customer K");
-- ``<app>-identity-links``, one partition: every identity link, read by the one identity agent
+- ``<app>-identity-links``, one partition: identity links (several to a message, each the newest
+  of its (id, userId) pair that a worker saw), read by the one identity agent
   that keeps the whole identity graph.
 
 Tables (changelog-backed, keyed like the partitions they live in):
 
-- ``customers``: customer key -> engine state (history, emitted results, version);
+- ``customers``: customer key -> engine state (history, emitted results, version) as JSON bytes,
+  or, for a key merged into another, a tombstone with its last version;
 - ``owners``: id -> customer key, for ids that were linked into another customer;
-- ``identity-links``: every link seen, from which the identity graph is rebuilt after a restart.
+- ``identity-links``: (id, userId) -> that pair's newest link, from which the identity graph is
+  rebuilt after a restart.
 
 A touchpoint keyed by id X is handled where it arrives when X is its own customer, else forwarded
 to the owner's partition. When the identity agent finds that X now belongs to K, it tells X's
@@ -59,6 +62,7 @@ from tracker.warehouse.sink import (
 log = logging.getLogger(__name__)
 
 SENT_LINKS_MAX = 100_000
+LINKS_PER_MESSAGE = 500  # about 60 bytes each: well under Kafka's message size limit
 
 
 def decode_records(value: bytes) -> list[dict[str, Any]]:
@@ -67,6 +71,12 @@ def decode_records(value: bytes) -> list[dict[str, Any]]:
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError("message value is not a JSON array of records")
     return records
+
+
+def _tight(value: bytes) -> bytes:
+    """A copy of exactly its length: orjson's result keeps a buffer of several KB behind it,
+    which held for every customer would cost more than the state itself."""
+    return bytes(memoryview(value))
 
 
 def now_ms() -> int:
@@ -129,9 +139,12 @@ class JourneyAgents:
         self._rows: dict[tuple[Any, ...], list[Any]] = {}
         self._changes: list[list[Any]] = []  # every signed change, for journey_result_changes
         self._dirty: dict[str, CustomerState] = {}
-        self._gone: set[str] = set()
+        # Customer keys merged away in this batch -> their last version (see _fresh).
+        self._gone: dict[str, int] = {}
         # Links already sent: SDKs repeat the anonymousId/userId pair on every event after a login.
-        self._sent_links: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # (id, userId) -> the newest link of that pair sent from here: a repeat that is not newer
+        # cannot change a customer key (the key follows the newest link), so it is not sent.
+        self._sent_links: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
         self._install()
 
     def source_topics(self) -> list[str]:
@@ -236,17 +249,31 @@ class JourneyAgents:
             await raw
 
     async def _send_links(self, links: list[Link]) -> None:
+        """The batch's newest link of each (id, userId) pair, to the identity agent.
+
+        SDKs repeat the pair on every event after a login, so most are repeats; only a link
+        newer than the last one sent for its pair can move a customer key (a shared device where
+        user 1 logs in again after user 2), and those go out, several to a message.
+        """
+        newest: dict[tuple[str, str], Link] = {}
         for link in links:
             pair = (link.from_id, link.user_id)
-            if pair in self._sent_links:
+            if pair not in newest or link.order > newest[pair].order:
+                newest[pair] = link
+        out = []
+        for pair, link in newest.items():
+            sent = self._sent_links.get(pair)
+            if sent is not None:
                 self._sent_links.move_to_end(pair)
-                continue
-            self._sent_links[pair] = None
+                if link.order <= sent:
+                    continue
+            self._sent_links[pair] = link.order
             if len(self._sent_links) > SENT_LINKS_MAX:
                 self._sent_links.popitem(last=False)
+            out.append([link.from_id, link.user_id, link.t, link.message_id])
+        for i in range(0, len(out), LINKS_PER_MESSAGE):
             await self.links_topic.send(
-                key=b"links",
-                value=orjson.dumps([link.from_id, link.user_id, link.t, link.message_id]),
+                key=b"links", value=orjson.dumps(out[i : i + LINKS_PER_MESSAGE])
             )
 
     # -- forwarded touchpoints and ownership notices --------------------------------------------
@@ -286,7 +313,7 @@ class JourneyAgents:
         self._stage_rows(retracted, state.version)
         self.journey_metrics.changes(state, retracted)
         self._dirty.pop(member, None)
-        self._gone.add(member)
+        self._gone[member] = state.version
         self.metrics.identity_merges.inc()
         await self._send_tps(owner, state.history)
 
@@ -296,14 +323,18 @@ class JourneyAgents:
         await self._changelog_metadata()
         ids = self._identities()
         for event in events:
-            from_id, user_id, t, message_id = orjson.loads(event.message.value)
-            link_key = f"{from_id}\x00{user_id}\x00{message_id}".encode()
-            if link_key in self.links:
-                continue
-            self.links[link_key] = [from_id, user_id, t, message_id]
-            for member, owner in ids.add(Link(from_id, user_id, t, message_id)):
-                notice = orjson.dumps({"kind": "owner", "owner": owner})
-                await self.journey_input.send(key=member.encode(), value=notice)
+            for from_id, user_id, t, message_id in orjson.loads(event.message.value):
+                # One entry per pair, its newest link: the customer key follows the newest
+                # link of a component, and a pair's older links can never be that.
+                link = Link(from_id, user_id, t, message_id)
+                pair_key = f"{from_id}\x00{user_id}".encode()
+                stored = self.links.get(pair_key)
+                if stored and Link(*stored).order >= link.order:
+                    continue
+                self.links[pair_key] = [from_id, user_id, t, message_id]
+                for member, owner in ids.add(link):
+                    notice = orjson.dumps({"kind": "owner", "owner": owner})
+                    await self.journey_input.send(key=member.encode(), value=notice)
 
     def _identities(self) -> Identities:
         if self.identities is None:
@@ -340,7 +371,10 @@ class JourneyAgents:
         for raw in self.customers.values():
             if not raw:
                 continue  # a deletion recovered from the changelog
-            state = load_state(orjson.loads(raw), self.engine.fingerprint)
+            data = orjson.loads(raw)
+            if "gone" in data:
+                continue  # a customer key merged into another
+            state = load_state(data, self.engine.fingerprint)
             if not self._is_ours(state.customer):
                 continue
             self.journey_metrics.add_state(state)
@@ -368,12 +402,27 @@ class JourneyAgents:
         if key in self._gone:
             return None
         raw = self.customers.get(key.encode())
-        return load_state(orjson.loads(raw), self.engine.fingerprint) if raw else None
+        if not raw:
+            return None
+        data = orjson.loads(raw)
+        return None if "gone" in data else load_state(data, self.engine.fingerprint)
+
+    def _fresh(self, key: str) -> CustomerState:
+        """A new state for ``key``. A key can come back after it was merged away (a shared device:
+        user 1 logs in, then user 2, then user 1 again); its versions then go on from where the
+        old state's stopped, so its rows supersede the withdrawals written under that key. (A
+        version that started again at 0 would lose to them, and the results would vanish.)
+        """
+        version = self._gone.get(key)
+        if version is None:
+            raw = self.customers.get(key.encode())
+            version = int(orjson.loads(raw).get("gone", 0)) if raw else 0
+        return CustomerState(key, version=version)
 
     def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
         for key in sorted(batch):
-            state = self._load(key) or CustomerState(key)
-            self._gone.discard(key)
+            state = self._load(key) or self._fresh(key)
+            self._gone.pop(key, None)
             if self.engine.add(state, batch[key]):
                 self._settle(state, now)
 
@@ -405,13 +454,14 @@ class JourneyAgents:
         await self.sink.write(rows)
         await self.changes_sink.write(changes)
         await self._changelog_metadata()
-        for key in self._gone:
-            self.customers.pop(key.encode(), None)
+        for key, version in self._gone.items():
+            # A tombstone that keeps the key's last version (see _fresh); a few dozen bytes.
+            self.customers[key.encode()] = _tight(orjson.dumps({"gone": version}))
         for key, state in self._dirty.items():
-            value = orjson.dumps(dump_state(state, self.engine.fingerprint))
-            # A copy of exactly its length: orjson's own result keeps a buffer of several KB.
-            self.customers[key.encode()] = bytes(memoryview(value))
-        self._gone = set()
+            self.customers[key.encode()] = _tight(
+                orjson.dumps(dump_state(state, self.engine.fingerprint))
+            )
+        self._gone = {}
         self._dirty = {}
 
     async def _changelog_metadata(self) -> None:

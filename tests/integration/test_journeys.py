@@ -178,6 +178,30 @@ def test_killing_and_restarting_the_worker_changes_no_result(
     ]  # fmt: skip
 
 
+def test_a_customer_key_that_comes_back_has_its_results_again(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    """A shared device: user 1 logs in, then user 2, then user 1 again. The customer key moves to
+    user 2 and back; the results withdrawn from user 1 on the way count again on its return."""
+    worker = start_worker()
+    device, u1, u2 = f"{unique}-device", f"{unique}-u1", f"{unique}-u2"
+    t0 = int(time.time() * 1000) - 60_000  # the browse timeout (15 s) has passed: a drop-off
+
+    def held() -> list[tuple[str, str, str]]:
+        return sorted((r["customer"], r["kind"], r["stage"]) for r in results(worker, unique))
+
+    def browsed(customer: str) -> list[tuple[str, str, str]]:
+        return [(customer, "dropoff", "browse"), (customer, "stage", "browse")]
+
+    send(collector, msg("v1", t0, "Product Viewed", anonymousId=device),
+         msg("i1", t0 + 1000, type="identify", anonymousId=device, userId=u1))  # fmt: skip
+    wait_until(lambda: held() == browsed(u1), timeout=30, what="user 1's journey")
+    send(collector, msg("i2", t0 + 2000, type="identify", anonymousId=device, userId=u2))
+    wait_until(lambda: held() == browsed(u2), timeout=30, what="the journey under user 2")
+    send(collector, msg("i3", t0 + 3000, type="identify", anonymousId=device, userId=u1))
+    wait_until(lambda: held() == browsed(u1), timeout=30, what="the journey back under user 1")
+
+
 def _assigned(worker: Process) -> int:
     import urllib.request
 
