@@ -226,6 +226,16 @@ def warehouse(run: Run) -> Iterator[Warehouse]:
     wh.close()
 
 
+def test_stage_transitions_are_moves_between_stages(warehouse: Warehouse) -> None:
+    rows = warehouse.query(
+        "SELECT from_stage, to_stage, level, seconds FROM tracker.stage_transitions"
+    ).rows
+    assert rows, "the run moved customers between stages"
+    for from_stage, to_stage, level, seconds in rows:
+        assert level > 1 and from_stage and from_stage != to_stage
+        assert 0 <= seconds < 3600
+
+
 def _values(run: Run) -> dict[str, Any]:
     since = datetime.fromtimestamp(run.t0 / 1000 - 3600, UTC)
     return {"db": "tracker", "journey": "shop", "since": since, "customer": run.ids["ud"]}

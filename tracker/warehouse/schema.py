@@ -250,14 +250,18 @@ FROM {source}
 GROUP BY hour, journey, kind, level, stage, channel"""
 
 # Views over the current results (journey_results FINAL): what analysts query by name.
-_STAGE_TRANSITIONS = """SELECT journey, customer, instance, instance_start,
+# Moves from one stage to the next: entering stage 1 is no move, so its row (which the window
+# needs for the move to stage 2) is left out.
+_STAGE_TRANSITIONS = """SELECT * FROM (
+SELECT journey, customer, instance, instance_start,
     lagInFrame(stage) OVER w AS from_stage, stage AS to_stage, level,
     lagInFrame(at) OVER w AS left_at, at AS entered_at,
     dateDiff('millisecond', left_at, entered_at) / 1000 AS seconds, channel, message_id
 FROM {db}.journey_results FINAL
 WHERE kind = 'stage'
 WINDOW w AS (PARTITION BY journey, customer, instance ORDER BY level
-             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"""
+             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+) WHERE level > 1"""
 
 _DROPOFFS = """SELECT d.journey AS journey, d.customer AS customer, d.instance AS instance,
     d.instance_start AS instance_start, d.stage AS stage, d.level AS level,
