@@ -24,13 +24,13 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
-def _credentials(settings: Settings) -> faust.SASLCredentials | None:
-    """SASL for a production cluster, from the same settings the collector uses."""
-    if not settings.kafka_sasl_mechanism:
-        return None
+def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """SASL and/or TLS for a production cluster, from the same settings the collector uses."""
     ssl_context = (
         ssl.create_default_context() if "SSL" in settings.kafka_security_protocol else None
     )
+    if not settings.kafka_sasl_mechanism:
+        return faust.SSLCredentials(ssl_context) if ssl_context else None
     return faust.SASLCredentials(
         username=settings.kafka_sasl_username,
         password=settings.kafka_sasl_password.get_secret_value(),

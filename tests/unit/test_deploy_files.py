@@ -73,6 +73,19 @@ def test_dockerfile_installs_the_package_and_its_entry_point() -> None:
         assert Path(REPO_ROOT, path).exists(), path
 
 
+def test_tls_without_sasl_reaches_the_worker_and_the_kafka_clients() -> None:
+    import faust
+
+    from streams.app import _credentials
+    from tracker.kafka.client import client_options
+
+    tls = Settings(kafka_security_protocol="SSL")
+    creds = _credentials(tls)
+    assert isinstance(creds, faust.SSLCredentials) and creds.context is not None
+    assert client_options(tls, "broker:9093")["ssl_context"] is not None
+    assert "ssl_context" not in client_options(Settings(), "broker:9092")
+
+
 def test_worker_takes_sasl_credentials_from_the_settings() -> None:
     from streams.app import _credentials
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,6 +22,8 @@ def client_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
         "request_timeout_ms": 15_000,
     }
+    if "SSL" in settings.kafka_security_protocol:
+        opts["ssl_context"] = ssl.create_default_context()  # aiokafka requires one for TLS
     if settings.kafka_sasl_mechanism:
         opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
         opts["sasl_plain_username"] = settings.kafka_sasl_username
