@@ -25,3 +25,10 @@ def test_render_formats() -> None:
         "22  z  ",
         "(2 rows)",
     ]
+
+
+def test_a_query_without_rows_still_names_its_columns(settings: Settings) -> None:
+    result = run_query(settings, "SELECT number AS n, 'x' AS s FROM numbers(3) WHERE n > 5")
+    assert result == QueryResult(["n", "s"], [])
+    assert render(result, "csv") == "n,s"
+    assert render(result, "table").splitlines()[0].split() == ["n", "s"]

@@ -66,7 +66,18 @@ class Warehouse:
         """A read-only query that sees deduplicated tables; writes are refused."""
         with self._lock, _translated():
             result = self._reader_client().query(sql)
-            return QueryResult(list(result.column_names), [tuple(r) for r in result.result_rows])
+            columns = list(result.column_names)
+            if not columns:
+                columns = self._columns_of(sql)
+            return QueryResult(columns, [tuple(r) for r in result.result_rows])
+
+    def _columns_of(self, sql: str) -> list[str]:
+        """The column names of a query that returned no rows (chdb then sends none)."""
+        try:
+            described = self._reader_client().query(f"DESCRIBE ({sql.strip().rstrip(';')})")
+        except ClickHouseError:
+            return []  # not a SELECT (SHOW, EXISTS, ...): nothing to name
+        return [str(row[0]) for row in described.result_rows]
 
     def close(self) -> None:
         with self._lock:
