@@ -112,11 +112,13 @@ def _rss_bytes(pid: int) -> int:
 
 
 def _metric(url: str, name: str) -> float:
+    """The sum of every series of ``name`` on the worker's /metrics."""
+    total = 0.0
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _start_worker(
@@ -143,6 +145,7 @@ def run(settings: Settings, *, events: int, customers: int, per_message: int) ->
         asyncio.run(ensure_topics(settings, bootstrap, [topic]))
         began = time.perf_counter()
         messages = asyncio.run(fill(bootstrap, topic, events, customers, per_message))
+        expected_open = min(customers, messages)  # every customer's first message opens one
         print(
             f"filled {events} events in {messages} messages in {time.perf_counter() - began:.1f}s"
         )
@@ -171,6 +174,13 @@ def run(settings: Settings, *, events: int, customers: int, per_message: int) ->
                 raise RuntimeError(f"the worker exited; see {workdir / 'worker.log'}")
             time.sleep(0.5)
         seconds = time.perf_counter() - began
+        # The last batch's journeys are committed right after its raw rows are counted.
+        deadline = time.monotonic() + 60
+        while _metric(url, "tracker_journey_open_instances") < expected_open:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        open_instances = round(_metric(url, "tracker_journey_open_instances"))
         rss = _rss_bytes(proc.pid)
         proc.terminate()
         proc.wait(120)
@@ -178,7 +188,6 @@ def run(settings: Settings, *, events: int, customers: int, per_message: int) ->
         if kafka is not None:
             kafka.stop()
     rate = events / seconds
-    open_instances = min(customers, messages)
     result = {
         "events": events,
         "messages": messages,
@@ -189,7 +198,7 @@ def run(settings: Settings, *, events: int, customers: int, per_message: int) ->
         "open_instances": open_instances,
         "worker_rss_bytes": rss,
         "idle_rss_bytes": idle_rss,
-        "bytes_per_open_instance": round((rss - idle_rss) / open_instances),
+        "bytes_per_open_instance": round((rss - idle_rss) / max(open_instances, 1)),
         "targets": {"worker_events_per_s": 50_000, "ratio": 0.25, "bytes_per_open_instance": 1024},
     }
     return result
