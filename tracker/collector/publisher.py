@@ -18,6 +18,8 @@ from tracker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH_BYTES = 1024 * 1024  # per partition; the producer holds at most two per partition
+
 
 def encode_groups(records: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
     """One Kafka message per customer key, carrying that key's records as a JSON array.
@@ -39,6 +41,10 @@ class Publisher:
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
+            # A browser batch of 20 events is one message of ~15 KB. The sender has one request
+            # in flight per broker, holding one batch per partition: with the default 16 KB
+            # batches that is one message per partition per round trip, the collector's ceiling.
+            max_batch_size=MAX_BATCH_BYTES,
             max_request_size=4 * 1024 * 1024,
         )
         self.started = False
