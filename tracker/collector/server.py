@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -58,6 +59,18 @@ async def serve(
         await runner.cleanup()
         await publisher.stop()
         log.info("event=collector_stopped")
+
+
+def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop the collector runs on: uvloop when chosen and installed, else asyncio's own."""
+    if settings.collector_event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("event=uvloop_missing detail=running_on_the_asyncio_loop")
+        else:
+            return uvloop.new_event_loop
+    return None
 
 
 def _stop_on_signals() -> asyncio.Event:
