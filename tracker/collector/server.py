@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -48,6 +49,10 @@ async def serve(
     try:
         site = web.TCPSite(runner, settings.collector_host, port)
         await site.start()
+        # Everything built so far (modules, pydantic schemas, clients) lives as long as the
+        # process: keep it out of the collector's way, or every full collection walks it again
+        # in the middle of requests.
+        gc.freeze()
         assert site._server is not None
         bound = int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
         url = f"http://{settings.collector_host}:{bound}"
