@@ -50,10 +50,11 @@ def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_collector(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.collector.server import serve
+    from tracker.collector.server import event_loop_factory, serve
 
     port = settings.collector_port if args.port is None else args.port
-    asyncio.run(serve(settings, _bootstrap(settings), port=port, ready_file=args.ready_file))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
+        runner.run(serve(settings, _bootstrap(settings), port=port, ready_file=args.ready_file))
     return 0
 
 

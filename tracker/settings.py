@@ -7,6 +7,7 @@ no module reads the environment on its own.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,9 @@ class Settings(BaseSettings):
     # Proxies in front of the collector that append to X-Forwarded-For. 0 = the header is ignored
     # (a client could write anything into it) and the TCP peer is the client.
     trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
+    # The collector's event loop: uvloop (faster sockets and scheduling) or the standard asyncio
+    # loop; "uvloop" falls back to asyncio where uvloop is not installed.
+    collector_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     # Worker.
     app_id: str = "touchpoint-tracker"

@@ -18,6 +18,8 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from tracker.collector.publisher import PRODUCER_OPTIONS
+
 PAGES = ["/", "/c/shoes", "/c/shoes/running", "/p/air-glide-42", "/cart", "/checkout", "/help"]
 EVENTS = ["Product Viewed", "Product Added", "Products Searched", "Checkout Started", "Page Loaded"]
 AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari"
@@ -175,9 +177,9 @@ async def fixed_rate(
 
 async def bare_producer(bootstrap: str, topic: str, batches: Batches, seconds: float,
                         concurrency: int) -> dict:  # fmt: skip
-    """The same batches straight to Kafka: one message per batch (one visitor), acks=all."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=2, max_request_size=4 << 20)  # fmt: skip
+    """The same batches straight to Kafka: one message per batch (one visitor), acks=all, with
+    the collector's own producer options."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_OPTIONS)
     await producer.start()
     sent = 0
     try:

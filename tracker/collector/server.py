@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -47,6 +49,10 @@ async def serve(
     try:
         site = web.TCPSite(runner, settings.collector_host, port)
         await site.start()
+        # Everything built so far (modules, pydantic schemas, clients) lives as long as the
+        # process: keep it out of the collector's way, or every full collection walks it again
+        # in the middle of requests.
+        gc.freeze()
         assert site._server is not None
         bound = int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
         url = f"http://{settings.collector_host}:{bound}"
@@ -58,6 +64,18 @@ async def serve(
         await runner.cleanup()
         await publisher.stop()
         log.info("event=collector_stopped")
+
+
+def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop the collector runs on: uvloop when chosen and installed, else asyncio's own."""
+    if settings.collector_event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("event=uvloop_missing detail=running_on_the_asyncio_loop")
+        else:
+            return uvloop.new_event_loop
+    return None
 
 
 def _stop_on_signals() -> asyncio.Event:
