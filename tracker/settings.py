@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     sink_max_rows: int = Field(default=20_000, ge=1)
     sink_max_seconds: float = Field(default=0.5, gt=0)
     sink_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # The bearer token the worker's read-only POST /query (personal data) demands of every caller.
+    # Empty = /query answers loopback clients only. `tracker query` sends it.
+    query_token: SecretStr = SecretStr("")
 
     # Journeys.
     journeys_file: Path = Field(default_factory=lambda: defaults.path("journeys.example.yaml"))
