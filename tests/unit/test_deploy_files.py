@@ -284,3 +284,26 @@ def test_dashboards_are_valid_with_unique_ids_and_known_datasources() -> None:
             if isinstance(var.get("datasource"), dict):
                 assert var["datasource"]["uid"] in uids, f"{name} variable {var['name']}"
     assert len(dashboard_uids) == len(set(dashboard_uids))
+
+
+# No package registry ships Grafana's dashboard JSON schema (@grafana/schema has TypeScript types
+# only; grafana-foundation-sdk and grafana-schema have Python models that accept anything), so
+# this checks the parts of that schema the dashboards use, as the schema states them.
+_VARIABLE_TYPES = {"query", "adhoc", "constant", "datasource", "interval", "textbox", "custom"}
+
+
+def test_dashboards_have_the_shape_grafanas_dashboard_schema_requires() -> None:
+    for name, board in _dashboards().items():
+        assert isinstance(board["title"], str) and board["title"], name
+        assert 8 <= len(board["uid"]) <= 40, f"{name}: uid must be 8 to 40 characters"
+        assert isinstance(board["schemaVersion"], int) and isinstance(board["editable"], bool)
+        assert board["graphTooltip"] in {0, 1, 2}, name
+        assert set(board["time"]) == {"from", "to"}, name
+        assert isinstance(board["annotations"]["list"], list), f"{name}: annotations missing"
+        for var in board["templating"]["list"]:
+            assert var["type"] in _VARIABLE_TYPES, f"{name} variable {var['name']}"
+            assert isinstance(var.get("query", ""), str), f"{name} variable {var['name']}: query"
+        for panel in _panels(board["panels"]):
+            pos = panel["gridPos"]
+            assert {"h", "w", "x", "y"} <= set(pos) and pos["x"] + pos["w"] <= 24, (name, panel)
+            assert isinstance(panel["type"], str) and isinstance(panel["id"], int), (name, panel)
