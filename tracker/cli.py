@@ -223,6 +223,13 @@ def cmd_defaults(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.docs import PAGES
+
+    sys.stdout.write(PAGES[args.page]())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracker", description="Touchpoint Tracker: real-time customer journeys."
@@ -320,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", type=Path, help="where to write (files there are overwritten)")
     p.set_defaults(func=cmd_defaults, process="defaults")
+
+    p = sub.add_parser("docs", help="print a generated reference page (docs/settings.md, ...)")
+    p.add_argument("page", choices=("settings", "metrics"))
+    p.set_defaults(func=cmd_docs, process="docs")
 
     since_help = "only journeys started this long ago or later (e.g. 24h, 7d; default: all)"
     p = sub.add_parser("funnel", help="a journey's funnel: entries, drop-offs, rates per stage")

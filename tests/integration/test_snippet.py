@@ -1,7 +1,7 @@
 """The browser snippet in real headless Chromium, sending to the real collector and Kafka.
 
-Each test serves a shop page (embedding the README snippet) from its own origin, drives it with
-playwright and reads back what arrived in the touchpoints topic.
+Each test serves a shop page (embedding the snippet of docs/snippet.md) from its own origin, drives
+it with playwright and reads back what arrived in the touchpoints topic.
 """
 
 from __future__ import annotations
