@@ -1,11 +1,16 @@
 """The worker's own HTTP endpoint: health, Prometheus metrics and read-only SQL.
 
 In embedded mode the worker owns the chdb directory, so ``tracker query`` reaches the data through
-``POST /query`` here. It binds to loopback by default and refuses writes (ClickHouse readonly).
+``POST /query`` here. It refuses writes (ClickHouse readonly), and it reads personal data, so it is
+closed to the network: with ``TRACKER_QUERY_TOKEN`` set every caller must send it as a bearer token
+(401 otherwise); without one it answers loopback clients only (403 for anyone else). ``/health`` and
+``/metrics`` stay open: they carry no customer data.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -40,6 +45,7 @@ class WorkerWeb(mode.Service):
         host: str,
         port: int,
         ready_file: Path | None = None,
+        query_token: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,6 +55,7 @@ class WorkerWeb(mode.Service):
         self.host = host
         self.port = port
         self.ready_file = ready_file
+        self.query_token = query_token
         self._runner: web.AppRunner | None = None
 
     def build(self) -> web.Application:
@@ -95,7 +102,32 @@ class WorkerWeb(mode.Service):
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """Why this caller may not query, or None when it may."""
+        if self.query_token:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), self.query_token.encode()
+            ):
+                return None
+            response = _error(
+                401, "/query needs the worker's TRACKER_QUERY_TOKEN as a bearer token"
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tracker-worker"'
+            return response
+        if _is_loopback(request.remote):
+            return None
+        return _error(
+            403,
+            "/query answers loopback clients only; set TRACKER_QUERY_TOKEN on the worker to let "
+            "others in with that bearer token",
+        )
+
     async def query(self, request: web.Request) -> web.Response:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            log.warning("event=query_refused status=%d peer=%s", refusal.status, request.remote)
+            return refusal
         try:
             sql = (await request.read()).decode("utf-8")
         except web.HTTPRequestEntityTooLarge:
@@ -110,6 +142,16 @@ class WorkerWeb(mode.Service):
             return _error(400, str(exc))
         body = {"columns": result.columns, "rows": result.rows}
         return web.Response(body=_dumps(body), content_type="application/json")
+
+
+def _is_loopback(peer: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _error(status: int, detail: str) -> web.Response:

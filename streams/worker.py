@@ -56,8 +56,9 @@ def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | Non
         settings, bootstrap, sink=sink, results_sink=results_sink, engine=engine, metrics=metrics
     )
     web = WorkerWeb(
-        app, warehouse, metrics, host=settings.worker_host, port=port, ready_file=ready_file
-    )
+        app, warehouse, metrics, host=settings.worker_host, port=port, ready_file=ready_file,
+        query_token=settings.query_token.get_secret_value(),
+    )  # fmt: skip
     worker = faust.Worker(
         app,
         web,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tracker.kafka.broker import EmbeddedKafka
-from tracker.settings import REPO_ROOT, Settings
+from tracker.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def kafka(
     broker = EmbeddedKafka(
         tmp_path_factory.mktemp("kafka"),
         port=0,
-        kafka_home=REPO_ROOT / "deploy" / "kafka",
+        kafka_home=Settings().kafka_home,
         heap="384m",
         partitions=4,
     )

@@ -215,6 +215,21 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if outcome.matched else 1
 
 
+def cmd_defaults(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker import defaults
+
+    for path in defaults.write(args.dir):
+        print(path)
+    return 0
+
+
+def cmd_docs(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.docs import PAGES
+
+    sys.stdout.write(PAGES[args.page]())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracker", description="Touchpoint Tracker: real-time customer journeys."
@@ -306,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.set_defaults(func=cmd_query, process="query")
+
+    p = sub.add_parser(
+        "defaults", help="write the shipped journeys, dashboards, alert rules to a directory"
+    )
+    p.add_argument("dir", type=Path, help="where to write (files there are overwritten)")
+    p.set_defaults(func=cmd_defaults, process="defaults")
+
+    p = sub.add_parser("docs", help="print a generated reference page (docs/settings.md, ...)")
+    p.add_argument("page", choices=("settings", "metrics"))
+    p.set_defaults(func=cmd_docs, process="docs")
 
     since_help = "only journeys started this long ago or later (e.g. 24h, 7d; default: all)"
     p = sub.add_parser("funnel", help="a journey's funnel: entries, drop-offs, rates per stage")

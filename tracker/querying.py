@@ -34,6 +34,8 @@ def run_query(settings: Settings, sql: str, *, timeout: float = 60.0) -> QueryRe
         finally:
             warehouse.close()
     request = urllib.request.Request(f"{url}/query", data=sql.encode(), method="POST")
+    if token := settings.query_token.get_secret_value():
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = orjson.loads(response.read())

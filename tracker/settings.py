@@ -6,13 +6,24 @@ no module reads the environment on its own.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tracker import defaults
+
+# The source checkout (tests and benchmarks read deploy/ and docs/ from it); an installed package
+# never needs it: its defaults come from tracker.defaults.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _user_cache() -> Path:
+    """Where downloads that outlive a run go: $XDG_CACHE_HOME, else ~/.cache (never the package)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "touchpoint-tracker"
 
 
 class Settings(BaseSettings):
@@ -24,7 +35,8 @@ class Settings(BaseSettings):
     # Kafka. Empty bootstrap = start the embedded development broker.
     kafka_bootstrap: str = ""
     kafka_port: int = Field(default=19092, ge=0, le=65535)
-    kafka_home: Path = REPO_ROOT / "deploy" / "kafka"
+    # A writable directory the embedded broker's jars are fetched into (by Maven, once per pom).
+    kafka_home: Path = Field(default_factory=lambda: _user_cache() / "kafka")
     kafka_heap: str = "512m"
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -74,9 +86,12 @@ class Settings(BaseSettings):
     sink_max_rows: int = Field(default=20_000, ge=1)
     sink_max_seconds: float = Field(default=0.5, gt=0)
     sink_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # The bearer token the worker's read-only POST /query (personal data) demands of every caller.
+    # Empty = /query answers loopback clients only. `tracker query` sends it.
+    query_token: SecretStr = SecretStr("")
 
     # Journeys.
-    journeys_file: Path = REPO_ROOT / "deploy" / "journeys.example.yaml"
+    journeys_file: Path = Field(default_factory=lambda: defaults.path("journeys.example.yaml"))
     allowed_lateness: str = "1h"  # later touchpoints are stored raw but left out of journeys
     timer_interval: float = Field(default=0.25, gt=0, le=1.0)
     # How long a crashed worker keeps its partitions before the group hands them on.

@@ -1,6 +1,6 @@
-"""What the browser snippet tests drive: a small web site on its own origin that embeds the README
-snippet, headless Chromium (Debian's build, through playwright), and a reader of the touchpoints
-topic that collects every record the collector wrote."""
+"""What the browser snippet tests drive: a small web site on its own origin that embeds the
+snippet of docs/snippet.md, headless Chromium (Debian's build, through playwright), and a reader of
+the touchpoints topic that collects every record the collector wrote."""
 
 from __future__ import annotations
 

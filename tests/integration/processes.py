@@ -30,6 +30,17 @@ def settings_env(settings: Settings, bootstrap: str) -> dict[str, str]:
     return env
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class Process:
     """One ``tracker <command>`` child with its output in a log file."""
 
@@ -65,13 +76,7 @@ class Process:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout)
         self._log.close()
         return self.proc.returncode
 

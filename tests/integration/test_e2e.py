@@ -151,7 +151,7 @@ def test_tracker_demo_reports_a_match_and_writes_the_page(tmp_path: Path, unique
     html = page.read_text()
     assert str(page) in out.stdout
     journeys = load(DEMO_JOURNEYS)
-    assert html.count('<svg class="funnel"') == len(journeys)
+    assert html.count('<div class="funnel"') == len(journeys)
     for journey in journeys:
         assert f"<h2>{journey.name}</h2>" in html
     assert "figures match the ground truth" in html

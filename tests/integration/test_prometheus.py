@@ -29,7 +29,7 @@ import orjson
 import pytest
 import yaml
 
-from tests.integration.processes import Process, post, wait_until
+from tests.integration.processes import Process, post, terminate, wait_until
 from tracker.kafka.broker import EmbeddedKafka, free_port
 from tracker.settings import REPO_ROOT, Settings
 
@@ -200,13 +200,7 @@ class Prometheus:
         return sum(float(r["value"][1]) for r in result)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self._log.close()
 
 

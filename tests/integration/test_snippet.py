@@ -1,7 +1,7 @@
 """The browser snippet in real headless Chromium, sending to the real collector and Kafka.
 
-Each test serves a shop page (embedding the README snippet) from its own origin, drives it with
-playwright and reads back what arrived in the touchpoints topic.
+Each test serves a shop page (embedding the snippet of docs/snippet.md) from its own origin, drives
+it with playwright and reads back what arrived in the touchpoints topic.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page
 from playwright.async_api import Error as PlaywrightError
 
-from tests.integration.browser import CHROMIUM, Site, TopicReader, Traffic, poll
+from tests.integration.browser import Site, TopicReader, Traffic, poll
 from tests.integration.processes import Process
 from tracker.collector.sdk import SDK_PATH
 from tracker.kafka.broker import EmbeddedKafka
@@ -72,16 +72,6 @@ async def topic(
     reader = await TopicReader(kafka.bootstrap, settings.topic_touchpoints).start()
     yield reader
     await reader.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-        )
-        yield chromium
-        await chromium.close()
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -14,6 +15,10 @@ import yaml
 from tracker.settings import REPO_ROOT, Settings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
+# The Compose Specification's JSON schema as the pinned check-jsonschema package ships it (read
+# as a file: importing that package is not needed and its CLI wants a newer click than faust's).
+COMPOSE_SCHEMA = Path("builtin_schemas", "vendor", "compose-spec.json")
 PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
 GRAFANA = REPO_ROOT / "deploy" / "grafana"
 
@@ -65,12 +70,71 @@ def test_compose_ports_match_the_settings_the_services_get() -> None:
         assert env["TRACKER_KAFKA_BOOTSTRAP"] == "kafka:9092"
 
 
-def test_dockerfile_installs_the_package_and_its_entry_point() -> None:
-    text = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+def test_compose_file_follows_the_compose_specification() -> None:
+    import jsonschema
+
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec is not None and spec.submodule_search_locations, "pip install '.[dev]'"
+    schema = json.loads(Path(spec.submodule_search_locations[0], COMPOSE_SCHEMA).read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(_compose())]
+    assert not errors, "\n".join(errors)
+    # The schema can fail: a misspelt service key is refused.
+    broken = _compose()
+    broken["services"]["collector"]["restrat"] = "always"
+    assert not validator.is_valid(broken)
+
+
+def test_tracker_services_restart_report_health_and_have_what_their_role_needs() -> None:
+    from tracker import __version__
+    from tracker.core.journeys.definition import load
+
+    compose = _compose()
+    for name, svc in compose["services"].items():
+        assert svc.get("restart") == "unless-stopped", f"{name} has no restart policy"
+    for name, svc in _tracker_services(compose).items():
+        env, role = svc["environment"], svc["command"][0]
+        assert svc["image"] == f"touchpoint-tracker:{__version__}", name
+        probe = " ".join(svc["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{env[f'TRACKER_{role.upper()}_PORT']}/health" in probe, name
+        if role != "worker":
+            continue
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        journeys = mounts[env["TRACKER_JOURNEYS_FILE"]]
+        assert load(REPO_ROOT / journeys), f"{name}: {journeys}"
+        volume = mounts[env["TRACKER_DATA_DIR"]]
+        assert volume in compose["volumes"], f"{name}: data dir on {volume}"
+    workers = [s for s in _tracker_services(compose).values() if s["command"][0] == "worker"]
+    assert len({v for w in workers for v in w["volumes"] if "/var/lib" in v}) == len(workers)
+
+
+def _dockerfile_value(text: str, name: str) -> str:
+    found = re.search(rf"\b{name}=(\S+)", text)
+    assert found, name
+    return found.group(1)
+
+
+def test_dockerfile_installs_the_server_package_as_an_unprivileged_user() -> None:
+    text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11\.\d+-", text, re.M)
     assert 'ENTRYPOINT ["tracker"]' in text
-    for path in re.findall(r"^COPY (\S+)", text, re.M):
-        assert Path(REPO_ROOT, path).exists(), path
+    # The server image talks to ClickHouse and Kafka servers: no chdb extra, no broker jars.
+    (install,) = re.findall(r"^RUN pip install .*", text, re.M)
+    assert re.search(r"\s\.(\s|$)", install) and "[embedded]" not in install
+    assert "deploy" not in " ".join(re.findall(r"^COPY .*", text, re.M))
+    # The data directory exists and belongs to the user the processes run as.
+    data_dir = _dockerfile_value(text, "TRACKER_DATA_DIR")
+    user = re.findall(r"^USER (\S+)", text, re.M)[-1]
+    assert user not in {"root", "0"}
+    assert re.search(rf"install -d -o {user} -g {user} .*{re.escape(data_dir)}", text)
+    # Everything copied is in the build context; .dockerignore keeps the rest out.
+    allowed = {line[1:].rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text()
+               .splitlines() if line.startswith("!")}  # fmt: skip
+    assert "*" in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    for copy in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for path in copy.split():
+            assert Path(REPO_ROOT, path).exists(), path
+            assert path.rstrip("/") in allowed, f"{path} is excluded by .dockerignore"
 
 
 def test_tls_without_sasl_reaches_the_worker_and_the_kafka_clients() -> None:
@@ -220,3 +284,26 @@ def test_dashboards_are_valid_with_unique_ids_and_known_datasources() -> None:
             if isinstance(var.get("datasource"), dict):
                 assert var["datasource"]["uid"] in uids, f"{name} variable {var['name']}"
     assert len(dashboard_uids) == len(set(dashboard_uids))
+
+
+# No package registry ships Grafana's dashboard JSON schema (@grafana/schema has TypeScript types
+# only; grafana-foundation-sdk and grafana-schema have Python models that accept anything), so
+# this checks the parts of that schema the dashboards use, as the schema states them.
+_VARIABLE_TYPES = {"query", "adhoc", "constant", "datasource", "interval", "textbox", "custom"}
+
+
+def test_dashboards_have_the_shape_grafanas_dashboard_schema_requires() -> None:
+    for name, board in _dashboards().items():
+        assert isinstance(board["title"], str) and board["title"], name
+        assert 8 <= len(board["uid"]) <= 40, f"{name}: uid must be 8 to 40 characters"
+        assert isinstance(board["schemaVersion"], int) and isinstance(board["editable"], bool)
+        assert board["graphTooltip"] in {0, 1, 2}, name
+        assert set(board["time"]) == {"from", "to"}, name
+        assert isinstance(board["annotations"]["list"], list), f"{name}: annotations missing"
+        for var in board["templating"]["list"]:
+            assert var["type"] in _VARIABLE_TYPES, f"{name} variable {var['name']}"
+            assert isinstance(var.get("query", ""), str), f"{name} variable {var['name']}: query"
+        for panel in _panels(board["panels"]):
+            pos = panel["gridPos"]
+            assert {"h", "w", "x", "y"} <= set(pos) and pos["x"] + pos["w"] <= 24, (name, panel)
+            assert isinstance(panel["type"], str) and isinstance(panel["id"], int), (name, panel)

@@ -18,8 +18,8 @@ def test_sdk_is_at_most_6_kb_gzipped() -> None:
     assert size <= MAX_GZIPPED, f"sdk.js is {size} bytes gzipped"
 
 
-def test_readme_shows_the_snippet_the_tests_run() -> None:
-    assert (STATIC / "snippet.html").read_text() in (REPO_ROOT / "README.md").read_text()
+def test_docs_show_the_snippet_the_tests_run() -> None:
+    assert (STATIC / "snippet.html").read_text() in (REPO_ROOT / "docs" / "snippet.md").read_text()
 
 
 def test_snippet_queues_every_call_of_the_sdk() -> None:

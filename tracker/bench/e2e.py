@@ -27,15 +27,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tracker import defaults
 from tracker.core.journeys.definition import load
 from tracker.demo.scrape import scrape, total
 from tracker.demo.settle import wait_for_partitions, wait_settled
 from tracker.querying import run_query
-from tracker.settings import REPO_ROOT, Settings
+from tracker.settings import Settings
 from tracker.simulate.run import simulate
 from tracker.stack import Stack
 
-JOURNEYS = REPO_ROOT / "deploy" / "journeys.demo.yaml"
+JOURNEYS = defaults.path("journeys.demo.yaml")
 TARGET_P99_S = 2.0
 
 

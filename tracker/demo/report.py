@@ -194,29 +194,25 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def funnel_svg(j: JourneyFigures) -> str:
-    """One funnel: a bar per stage (entered), its drop-offs in red, recoveries marked."""
-    row, left, width = 34, 140, 520
-    height = row * len(j.stages) + 20
+def funnel_chart(j: JourneyFigures) -> str:
+    """One funnel: a bar per stage (entered, centred), its drop-offs in red, and the figures.
+
+    Plain HTML and CSS rather than a fixed-size drawing: the names and figures are text that wraps,
+    and the bars take a share of whatever width there is, so nothing is cut at any page width.
+    """
     top = max((s.entered for s in j.stages), default=0) or 1
-    parts = [
-        f'<svg class="funnel" xmlns="http://www.w3.org/2000/svg" width="{left + width + 160}"'
-        f' height="{height}" role="img" aria-label="funnel of {_esc(j.journey)}">'
-    ]
-    for i, s in enumerate(j.stages):
-        y = 10 + i * row
-        w = width * s.entered / top
-        x = left + (width - w) / 2
-        d = w * s.dropoffs / s.entered if s.entered else 0
-        parts += [
-            f'<text x="{left - 8}" y="{y + 18}" text-anchor="end">{_esc(s.stage)}</text>',
-            f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 8}" fill="#4c78a8"/>',
-            f'<rect x="{x + w - d:.1f}" y="{y}" width="{d:.1f}" height="{row - 8}" '
-            'fill="#e45756"><title>drop-offs</title></rect>',
-            f'<text x="{left + width + 8}" y="{y + 18}">{s.entered} entered, {s.dropoffs} '
-            f"dropped, {s.recoveries} back</text>",
-        ]
-    parts.append("</svg>")
+    parts = [f'<div class="funnel" role="img" aria-label="funnel of {_esc(j.journey)}">']
+    for s in j.stages:
+        share = 100 * s.entered / top
+        dropped = 100 * s.dropoffs / s.entered if s.entered else 0
+        parts.append(
+            f'<div class="stage"><span class="name">{_esc(s.stage)}</span>'
+            f'<span class="bar"><span class="fill" style="width:{share:.1f}%">'
+            f'<span class="drop" style="width:{dropped:.1f}%" title="drop-offs"></span>'
+            f'</span></span><span class="nums">{s.entered} entered, {s.dropoffs} dropped, '
+            f"{s.recoveries} back</span></div>"
+        )
+    parts.append("</div>")
     return "".join(parts)
 
 
@@ -243,10 +239,11 @@ def render_html(
             f"({_pct(j.conversion_rate).strip()}); median time to convert "
             f"{_seconds(j.median_convert_ms)}, p90 {_seconds(j.p90_convert_ms)}.</p>"
         )
-        body.append(funnel_svg(j))
+        body.append(funnel_chart(j))
         body.append(
-            "<table><tr><th>stage</th><th>entered</th><th>went on</th><th>drop-offs</th>"
-            "<th>drop-off rate</th><th>recovered</th><th>top pain before drop-off</th></tr>"
+            '<div class="scroll"><table><tr><th>stage</th><th>entered</th><th>went on</th>'
+            "<th>drop-offs</th><th>drop-off rate</th><th>recovered</th>"
+            "<th>top pain before drop-off</th></tr>"
         )
         for i, s in enumerate(j.stages):
             nxt = j.stages[i + 1] if i + 1 < len(j.stages) else None
@@ -256,13 +253,23 @@ def render_html(
                 f"<td>{s.dropoffs}</td><td>{_pct(s.dropoff_rate)}</td><td>{s.recoveries}</td>"
                 f"<td>{pain}</td></tr>"
             )
-        body.append("</table></section>")
+        body.append("</table></div></section>")
     style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:960px}"
+        "body{font-family:system-ui,sans-serif;margin:1em;max-width:960px;line-height:1.4}"
+        "@media (min-width:40em){body{margin:2em}}"
+        ".scroll{overflow-x:auto}"
         "table{border-collapse:collapse}td,th{padding:2px 10px;text-align:right}"
         "td:first-child,th:first-child,td:last-child,th:last-child{text-align:left}"
         ".ok{color:#2a7a2a;font-weight:bold}.bad{color:#b00;font-weight:bold}"
-        "svg text{font-size:13px}"
+        # A stage: name, bar and figures side by side where there is room, stacked where not.
+        ".funnel{margin:1em 0}.stage{display:grid;align-items:center;gap:.1em .75em;"
+        "grid-template-columns:minmax(6em,9em) minmax(6em,1fr) minmax(max-content,14em);"
+        "margin:.3em 0}"
+        "@media (max-width:36em){.stage{grid-template-columns:1fr}}"
+        "h1,h2,.name{overflow-wrap:anywhere}.nums{font-size:.9em;color:#333}"
+        ".bar{display:block;height:1.4em}"
+        ".fill{display:flex;justify-content:flex-end;height:100%;margin:0 auto;"
+        "background:#4c78a8}.drop{display:block;height:100%;background:#e45756}"
     )
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'

@@ -1,7 +1,7 @@
 """``tracker demo``: the whole product on this machine, with customers you can watch.
 
-Starts the embedded stack in ``<data_dir>/demo`` (emptied first) with the short-timeout journeys
-of ``deploy/journeys.demo.yaml``, sends the scenario mix for ``duration`` seconds, shows funnels
+Starts the embedded stack in ``<data_dir>/demo`` (emptied first) with the short-timeout journeys of
+the packaged ``journeys.demo.yaml``, sends the scenario mix for ``duration`` seconds, shows funnels
 and drop-offs live, waits until the results settle, then reports every funnel figure beside the
 simulator's ground truth and writes the report as an HTML page.
 """
@@ -16,17 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from tracker import defaults
 from tracker.core.journeys.definition import Journey, load
 from tracker.demo import report
 from tracker.demo.live import LiveView, Snapshot
 from tracker.demo.settle import wait_for_partitions, wait_settled
 from tracker.querying import run_query
-from tracker.settings import REPO_ROOT, Settings
+from tracker.settings import Settings
 from tracker.simulate.run import Progress, SimulationResult, simulate
 from tracker.stack import Stack
 from tracker.warehouse.client import QueryResult
 
-DEMO_JOURNEYS = REPO_ROOT / "deploy" / "journeys.demo.yaml"
+DEMO_JOURNEYS = defaults.path("journeys.demo.yaml")
 SETTLE_TIMEOUT_S = 180.0
 
 

@@ -1,6 +1,7 @@
 """The embedded development broker: a real Apache Kafka (KRaft, one combined node) on loopback.
 
-Jars come from Maven Central through ``deploy/kafka/pom.xml``; the broker runs as a child JVM.
+Jars come from Maven Central through the packaged ``kafka/pom.xml`` (tracker/defaults) into a
+writable cache directory (``TRACKER_KAFKA_HOME``); the broker runs as a child JVM.
 The same class backs ``tracker kafka``, ``tracker up`` and the tests' session fixture.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +21,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from tracker import defaults
 from tracker.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -36,29 +39,45 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def ensure_jars(kafka_home: Path, *, timeout: float = 600.0) -> Path:
-    """Resolve the broker jars with Maven into ``<kafka_home>/libs`` unless already there."""
-    libs = kafka_home / "libs"
-    marker = libs / ".complete"
-    pom = kafka_home / "pom.xml"
-    if marker.exists() and marker.read_text() == pom.read_text():
+    """The broker's jars, resolved by Maven from the packaged pom into ``kafka_home`` once.
+
+    Each pom gets its own ``kafka-<digest>`` directory, filled in a staging directory and renamed
+    into place whole, so a half-fetched set is never used and processes fetching at the same time
+    never delete each other's jars.
+    """
+    pom = defaults.path("kafka/pom.xml").read_bytes()
+    home = kafka_home / f"kafka-{hashlib.sha256(pom).hexdigest()[:12]}"
+    libs = home / "libs"
+    if libs.is_dir():
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError(
             "Maven ('mvn') is needed to fetch the Kafka jars; install it (Debian: maven)"
         )
-    shutil.rmtree(libs, ignore_errors=True)
-    log.info("event=kafka_jars_resolve pom=%s", pom)
-    proc = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BrokerError("Maven could not resolve the Kafka jars", log_tail=proc.stdout[-4000:])
-    marker.write_text(pom.read_text())
+    staging = kafka_home / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        (staging / "pom.xml").write_bytes(pom)
+        log.info("event=kafka_jars_resolve into=%s", home)
+        proc = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(staging / "pom.xml"), "dependency:copy-dependencies"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(
+                "Maven could not resolve the Kafka jars", log_tail=proc.stdout[-4000:]
+            )
+        try:
+            staging.rename(home)
+        except OSError:
+            if not libs.is_dir():  # not a concurrent fetch that got there first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return libs
 
 
@@ -213,7 +232,7 @@ class EmbeddedKafka:
             "-XX:+UseG1GC",
             "-XX:TieredStopAtLevel=1" if main == _STORAGE_TOOL else "-XX:+TieredCompilation",
             "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.kafka_home / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={defaults.path('kafka/log4j2.properties')}",
             "-cp",
             f"{libs}/*",
             main,

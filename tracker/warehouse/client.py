@@ -17,12 +17,24 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-from tracker.errors import WarehouseError
+from tracker.errors import ConfigError, WarehouseError
 from tracker.settings import Settings
 
 # Analyst queries see each touchpoint once: FINAL collapses rows that at-least-once delivery
 # wrote twice. readonly=2 forbids writes and DDL but lets the session set query settings.
 READ_SETTINGS = {"readonly": 2, "final": 1}
+
+
+def _require_chdb() -> None:
+    try:
+        import chdb  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "TRACKER_CLICKHOUSE_URL is empty, which means the embedded ClickHouse engine, but chdb "
+            "is not installed: pip install 'touchpoint-tracker[embedded]', or set "
+            "TRACKER_CLICKHOUSE_URL to a ClickHouse server",
+            field="clickhouse_url",
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,7 @@ class Warehouse:
     @classmethod
     def from_settings(cls, settings: Settings) -> Warehouse:
         if settings.embedded_clickhouse:
+            _require_chdb()
             (settings.data_dir / "clickhouse").mkdir(parents=True, exist_ok=True)
         return cls(settings.clickhouse_dsn, settings.clickhouse_database)
 

@@ -1,7 +1,7 @@
 """The analyst Grafana dashboard, built from the analyst queries in tracker/warehouse/queries.py.
 
-``python -m tracker.warehouse.dashboard > deploy/grafana/dashboards/analyst.json`` writes it; a
-test checks that the file in the repository is what this module builds.
+``python -m tracker.warehouse.dashboard > tracker/defaults/grafana/dashboards/analyst.json`` writes
+it (copy it to deploy/grafana/dashboards/ too); tests check both files are what this module builds.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def build() -> dict[str, Any]:
         "version": 1,
         "editable": True,
         "refresh": "1m",
+        "graphTooltip": 1,
         "time": {"from": "now-7d", "to": "now"},
+        "annotations": {"list": []},
         "templating": {
             "list": [
                 {
