@@ -301,7 +301,7 @@ class JourneyAgents:
     ) -> None:
         """A device's new anonymous touchpoints: to the user its links give each of them."""
         entry = self._load_device(device)
-        if entry is None:  # never linked: the device is its own customer
+        if entry is None or entry["s"]:  # never linked, or shared: the device's own customer
             self._route(device, device, tps, local, forward)
             return
         links = _device_of(entry)
@@ -429,6 +429,8 @@ class JourneyAgents:
             self._route(new, device, [tp], here, forward)
             self._apply(here, now)
         self.metrics.identity_moved.inc(moved)
+        if entry["s"]:  # shared for good: every anonymous touchpoint stays with the device now
+            entry["p"] = {}
         self._dirty_devices[device] = entry
 
     def _load_device(self, device: str) -> dict[str, Any] | None:
