@@ -203,6 +203,31 @@ def test_results_that_a_late_login_moves_away_and_back_count_again(
     wait_until(lambda: held() == browsed(u1), timeout=30, what="the journey back under user 1")
 
 
+def test_device_logins_survive_a_worker_restart(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    """The identity graph (device links) and the device's touchpoints survive a crash."""
+    worker = start_worker()
+    device, u1, u2 = f"{unique}-device", f"{unique}-u1", f"{unique}-u2"
+    t0 = int(time.time() * 1000) - 60_000
+
+    def held() -> list[tuple[str, str, str]]:
+        return sorted((r["customer"], r["kind"], r["stage"]) for r in results(worker, unique))
+
+    send(collector, msg("v1", t0 + 5000, "Product Viewed", anonymousId=device),
+         msg("i1", t0 + 1000, type="identify", anonymousId=device, userId=u1))  # fmt: skip
+    browse = [("dropoff", "browse"), ("stage", "browse")]
+    wait_until(lambda: held() == [(u1, *r) for r in browse], timeout=30, what="user 1's journey")
+    worker.kill()
+    worker = start_worker()
+    # User 2 logs in after the first view and views again: only the second view is user 2's,
+    # which the worker can tell only if it still knows user 1's login on the device.
+    send(collector, msg("i2", t0 + 6000, type="identify", anonymousId=device, userId=u2),
+         msg("v2", t0 + 7000, "Product Viewed", anonymousId=device))  # fmt: skip
+    wait_until(lambda: held() == sorted((u, *r) for u in (u1, u2) for r in browse), timeout=60,
+               what="one view each after the restart")  # fmt: skip
+
+
 def test_two_users_on_one_device_stay_two_customers_with_their_own_journeys(
     collector: Process, start_worker: Any, unique: str
 ) -> None:
