@@ -6,6 +6,9 @@ import random
 from collections import Counter
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.unit.test_journey_rules import MIN, SHOP
 from tests.unit.test_stitching import LATENESS, rec
 from tracker.core.identity import Identities, Link
@@ -182,3 +185,30 @@ def test_links_to_one_user_never_join_users_and_the_bound_is_on_distinct_users()
     assert ids.is_shared("laptop")
     assert ids.owner("", "laptop", (1, "z")) == "laptop"
     assert ids.devices["laptop"].links == []  # nothing kept for a shared device
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.sampled_from(["A", "A", "A", "B", "C"]),
+                       st.integers(0, 10)), min_size=1, max_size=30),
+    st.randoms(use_true_random=False),
+)  # fmt: skip
+def test_device_links_compacted_as_they_arrive_attribute_like_the_complete_set(
+    raw: list[tuple[int, str, int]], rnd: random.Random
+) -> None:
+    """Links (mostly repeats of one user, as SDKs send them) arrive up to L = 10 after their
+    time, in any order; repeats are compacted at each arrival's horizon. Every anonymous
+    touchpoint is then attributed as with every link kept."""
+    lateness = 10
+    links = [Link("d", user, t, f"m{i:02d}") for i, (t, user, _) in enumerate(raw)]
+    arrivals = sorted((link.t + delay, i) for i, (link, (_, _, delay)) in
+                      enumerate(zip(links, raw, strict=True)))  # fmt: skip
+    live, complete = Identities(), Identities()
+    for now, i in arrivals:
+        live.add(links[i], horizon=now - lateness)
+    for link in rnd.sample(links, len(links)):
+        complete.add(link)
+    assert live.is_shared("d") == complete.is_shared("d")
+    for t in range(-1, 72):
+        for mid in ("", "m15", "zz"):
+            assert live.owner("", "d", (t, mid)) == complete.owner("", "d", (t, mid)), (t, mid)
