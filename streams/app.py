@@ -69,6 +69,10 @@ def create_app(
         # events are not committed either: they are read again.
         stream_wait_empty=False,
         broker_heartbeat_interval=settings.worker_session_timeout / 4,
+        # The agents' internal topics are created as the worker starts; a group that formed
+        # before the consumer saw one of them leaves it unassigned (no identity agent) until the
+        # next metadata refresh notices it and rejoins: refresh often, not every 5 minutes.
+        consumer_metadata_max_age_ms=5_000,
     )
     agents = JourneyAgents(
         app, settings, engine, touchpoint_sink=sink, results_sink=results_sink, metrics=metrics

@@ -3,26 +3,33 @@
 Topics (``<app>`` is the app id):
 
 - the touchpoints topic, keyed by the sender's id (userId, else anonymousId);
-- ``<app>-journey-input``, keyed by customer key: touchpoints forwarded to their customer's
-  partition, and ``owner`` notices ("id X now belongs to customer K");
-- ``<app>-identity-links``, one partition: identity links (several to a message, each the newest
-  of its (id, userId) pair that a worker saw), read by the one identity agent
-  that keeps the whole identity graph.
+- ``<app>-journey-input``, keyed by customer key (or device id): touchpoints forwarded to their
+  customer's partition, ``drop`` notices (take these touchpoints out: a link gave them to another
+  customer), ``owner`` notices ("id X now belongs to customer K", after an alias) and ``device``
+  notices (device X's links changed: where its anonymous touchpoints belong, in event time);
+- ``<app>-identity-links``, one partition: identity links (several to a message), read by the one
+  identity agent that keeps the identity graph (``tracker.core.identity``: the rules are there).
 
 Tables (changelog-backed, keyed like the partitions they live in):
 
 - ``customers``: customer key -> engine state (history, emitted results, version) as JSON bytes,
   or, for a key merged into another, a tombstone with its last version;
-- ``owners``: id -> customer key, for ids that were linked into another customer;
-- ``identity-links``: (id, userId) -> that pair's newest link, from which the identity graph is
-  rebuilt after a restart.
+- ``owners``: id -> customer key, for ids that an alias merged into another customer;
+- ``devices``: anonymousId -> its changes of user and whether it is shared, with every anonymous
+  touchpoint of the device and the id it was given to (only for devices that have links);
+- ``identity-links``: device id -> its links, alias pair -> its newest alias, from which the
+  identity graph is rebuilt after a restart.
 
-A touchpoint keyed by id X is handled where it arrives when X is its own customer, else forwarded
-to the owner's partition. When the identity agent finds that X now belongs to K, it tells X's
-partition; there X's state (if X was a customer) is withdrawn from the warehouse and its history
-forwarded to K, where it is merged and evaluated again. Results are written to ClickHouse before
-the input's offsets are acknowledged; every state change happens under one lock per worker, so
-timers and agents never interleave inside a read-modify-write.
+A touchpoint keyed by userId X is handled where it arrives when X is its own customer, else
+forwarded to the owner's partition. An anonymous touchpoint of a device with links goes to the
+user its device notice gives it (forwarded by userId, whose partition forwards on to an alias's
+owner); of a device without links, to the device's own customer. When the identity agent finds
+that an alias makes X belong to K, it tells X's partition; there X's state (if X was a customer)
+is withdrawn from the warehouse and its history forwarded to K, where it is merged and evaluated
+again. When a device's links change, its partition moves the anonymous touchpoints whose owner
+changed: a ``drop`` to the old owner, the touchpoints to the new one. Results are written to
+ClickHouse before the input's offsets are acknowledged; every state change happens under one lock
+per worker, so timers and agents never interleave inside a read-modify-write.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from aiokafka.partitioner import murmur2
 
 from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
-from tracker.core.identity import Identities, Link, link_of
+from tracker.core.identity import Device, Identities, Link, links_of
 from tracker.core.journeys.codec import (
     dump_state,
     load_state,
@@ -62,6 +69,9 @@ from tracker.warehouse.sink import (
 log = logging.getLogger(__name__)
 
 SENT_LINKS_MAX = 100_000
+# Links reach the identity agent a little after the lateness check at ingest: repeats are kept
+# this much longer than the allowed lateness before they are compacted away.
+LINK_TRANSIT_MS = 5 * 60_000
 LINKS_PER_MESSAGE = 500  # about 60 bytes each: well under Kafka's message size limit
 
 
@@ -77,6 +87,12 @@ def _tight(value: bytes) -> bytes:
     """A copy of exactly its length: orjson's result keeps a buffer of several KB behind it,
     which held for every customer would cost more than the state itself."""
     return bytes(memoryview(value))
+
+
+def _device_of(entry: dict[str, Any]) -> Device:
+    """A device's links as a stored entry or a device notice holds them."""
+    links = [(int(t), str(mid), str(user)) for t, mid, user in entry.get("l", ())]
+    return Device(links=links, users={user for _, _, user in links}, shared=bool(entry["s"]))
 
 
 def now_ms() -> int:
@@ -127,6 +143,7 @@ class JourneyAgents:
         # state as Python lists and strings takes several times that, for every customer held.
         self.customers = app.Table("customers", partitions=n, value_type=bytes, **table_opts)
         self.owners = app.Table("owners", partitions=n, **table_opts)
+        self.devices = app.Table("devices", partitions=n, value_type=bytes, **table_opts)
         self.links = app.Table("identity-links", partitions=1, **table_opts)
         self.identities: Identities | None = None
         self.lock = asyncio.Lock()
@@ -139,12 +156,13 @@ class JourneyAgents:
         self._rows: dict[tuple[Any, ...], list[Any]] = {}
         self._changes: list[list[Any]] = []  # every signed change, for journey_result_changes
         self._dirty: dict[str, CustomerState] = {}
+        self._dirty_devices: dict[str, dict[str, Any]] = {}
         # Customer keys merged away in this batch -> their last version (see _fresh).
         self._gone: dict[str, int] = {}
         # Links already sent: SDKs repeat the anonymousId/userId pair on every event after a login.
         # (id, userId) -> the newest link of that pair sent from here: a repeat that is not newer
         # cannot change a customer key (the key follows the newest link), so it is not sent.
-        self._sent_links: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
+        self._sent_links: OrderedDict[tuple[str, str], tuple[Any, Any]] = OrderedDict()
         self._install()
 
     def source_topics(self) -> list[str]:
@@ -197,14 +215,19 @@ class JourneyAgents:
         """Raw rows to the warehouse; each touchpoint to its customer's journeys."""
         now = now_ms()
         rows: list[list[Any]] = []
-        by_sender: list[tuple[str, list[Touchpoint]]] = []
+        by_sender: list[tuple[str, list[Touchpoint]]] = []  # touchpoints with a userId
+        by_device: dict[str, list[Touchpoint]] = {}  # anonymous touchpoints
         links: list[Link] = []
         late = 0
         for event in events:
             message = event.message
             try:
                 records = decode_records(message.value)
-                decoded = [(Touchpoint.from_record(r), link_of(r)) for r in records]
+                decoded = [
+                    (Touchpoint.from_record(r), links_of(r), str(r.get("user_id") or ""),
+                     str(r.get("anonymous_id") or ""))
+                    for r in records
+                ]  # fmt: skip
                 sender = message.key.decode()
                 rows.extend(touchpoint_row(r, message.partition, message.offset) for r in records)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -215,14 +238,16 @@ class JourneyAgents:
                 )  # fmt: skip
                 continue
             tps = []
-            for tp, link in decoded:
-                if link is not None:
-                    links.append(link)
+            for tp, tp_links, user, anon in decoded:
+                links += tp_links
                 if self.engine.is_late(tp, now):
                     late += 1
-                else:
-                    tp.bits = self.engine.signature(tp)  # before it is stored or forwarded
+                    continue
+                tp.bits = self.engine.signature(tp)  # before it is stored or forwarded
+                if user or not anon:
                     tps.append(tp)
+                else:
+                    by_device.setdefault(anon, []).append(tp)
             by_sender.append((sender, tps))
         if late:
             self.metrics.late_events.inc(late)
@@ -233,44 +258,87 @@ class JourneyAgents:
         raw = asyncio.ensure_future(self.touchpoint_sink.write(rows))
         try:
             local: dict[str, list[Touchpoint]] = {}
-            forward: dict[str, list[Touchpoint]] = {}
+            forward: list[tuple[str, dict[str, Any]]] = []
             async with self.lock:
                 # Ownership is looked up under the lock: an ownership notice handled between the
                 # lookup and the update would otherwise leave these touchpoints with the old owner.
                 for sender, tps in by_sender:
-                    owner = self._owner(sender)
-                    (local if owner == sender else forward).setdefault(owner, []).extend(tps)
+                    self._route(sender, sender, tps, local, forward)
+                for device, tps in by_device.items():
+                    self._device_touchpoints(device, tps, local, forward)
                 self._apply(local, now)
                 await self._commit()
-            for key, tps in forward.items():
-                await self._send_tps(key, tps)
+            await self._send(forward)
             await self._send_links(links)
         finally:
             await raw
 
-    async def _send_links(self, links: list[Link]) -> None:
-        """The batch's newest link of each (id, userId) pair, to the identity agent.
+    def _route(
+        self,
+        key: str,
+        here: str,
+        tps: list[Touchpoint],
+        local: dict[str, list[Touchpoint]],
+        forward: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        """Touchpoints for customer ``key``: kept in ``local`` when ``key`` is ``here`` (an id of
+        this partition) and its own customer, else forwarded (the owner's partition, or
+        ``key``'s, which knows its owner)."""
+        if not tps:
+            return
+        owner = self._owner(key) if key == here else key
+        if owner == here:
+            local.setdefault(owner, []).extend(tps)
+        else:
+            forward.append((owner, {"kind": "tps", "tps": [tp_to_list(tp) for tp in tps]}))
 
-        SDKs repeat the pair on every event after a login, so most are repeats; only a link
-        newer than the last one sent for its pair can move a customer key (a shared device where
-        user 1 logs in again after user 2), and those go out, several to a message.
+    def _device_touchpoints(
+        self,
+        device: str,
+        tps: list[Touchpoint],
+        local: dict[str, list[Touchpoint]],
+        forward: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        """A device's new anonymous touchpoints: to the user its links give each of them."""
+        entry = self._load_device(device)
+        if entry is None or entry["s"]:  # never linked, or shared: the device's own customer
+            self._route(device, device, tps, local, forward)
+            return
+        links = _device_of(entry)
+        pool = entry["p"]
+        for tp in tps:
+            if tp.message_id in pool:
+                continue
+            owner = links.user_at(tp.order) or device
+            pool[tp.message_id] = [tp_to_list(tp), owner]
+            self._route(owner, device, [tp], local, forward)
+        self._dirty_devices[device] = entry
+
+    async def _send_links(self, links: list[Link]) -> None:
+        """The batch's identity links, to the identity agent.
+
+        SDKs repeat the anonymousId/userId pair on every event after a login, so most are
+        repeats; of each pair, the earliest and the newest link of the batch go out, and only if
+        they widen the span of that pair's links sent before (a repeat inside it matters only
+        when another user's link lands between two of them).
         """
-        newest: dict[tuple[str, str], Link] = {}
+        spans: dict[tuple[str, str, bool], list[Link]] = {}
         for link in links:
-            pair = (link.from_id, link.user_id)
-            if pair not in newest or link.order > newest[pair].order:
-                newest[pair] = link
+            spans.setdefault((link.from_id, link.user_id, link.alias), []).append(link)
         out = []
-        for pair, link in newest.items():
+        for pair, pair_links in spans.items():
+            first = min(pair_links, key=lambda k: k.order)
+            last = max(pair_links, key=lambda k: k.order)
             sent = self._sent_links.get(pair)
             if sent is not None:
                 self._sent_links.move_to_end(pair)
-                if link.order <= sent:
-                    continue
-            self._sent_links[pair] = link.order
+            lo, hi = sent if sent is not None else (first.order, last.order)
+            for link in {first, last}:
+                if sent is None or link.alias or not lo <= link.order <= hi:
+                    out.append([link.from_id, link.user_id, link.t, link.message_id, link.alias])
+            self._sent_links[pair] = (min(lo, first.order), max(hi, last.order))
             if len(self._sent_links) > SENT_LINKS_MAX:
                 self._sent_links.popitem(last=False)
-            out.append([link.from_id, link.user_id, link.t, link.message_id])
         for i in range(0, len(out), LINKS_PER_MESSAGE):
             await self.links_topic.send(
                 key=b"links", value=orjson.dumps(out[i : i + LINKS_PER_MESSAGE])
@@ -282,23 +350,26 @@ class JourneyAgents:
         await self._changelog_metadata()  # ownership notices write the owners table
         now = now_ms()
         local: dict[str, list[Touchpoint]] = {}
-        forward: dict[str, list[Touchpoint]] = {}
+        forward: list[tuple[str, dict[str, Any]]] = []
         async with self.lock:
             for event in events:
                 key = event.message.key.decode()
                 msg = orjson.loads(event.message.value)
-                if msg["kind"] == "owner":
-                    self._apply(local, now)  # keep the order of what came before
-                    local.clear()
-                    await self._take_owner(key, msg["owner"], now)
+                kind = msg["kind"]
+                if kind == "tps":
+                    self._route(key, key, [tp_from_list(v) for v in msg["tps"]], local, forward)
                     continue
-                owner = self._owner(key)
-                target = local if owner == key else forward
-                target.setdefault(owner, []).extend(tp_from_list(v) for v in msg["tps"])
+                self._apply(local, now)  # keep the order of what came before
+                local.clear()
+                if kind == "owner":
+                    await self._take_owner(key, msg["owner"], now)
+                elif kind == "drop":
+                    self._drop(key, msg["mids"], now, forward)
+                elif kind == "device":
+                    self._take_device(key, msg, now, forward)
             self._apply(local, now)
             await self._commit()
-        for key, tps in forward.items():
-            await self._send_tps(key, tps)
+        await self._send(forward)
 
     async def _take_owner(self, member: str, owner: str, now: int) -> None:
         """``member`` now belongs to ``owner``: withdraw its results, hand its history over."""
@@ -317,30 +388,102 @@ class JourneyAgents:
         self.metrics.identity_merges.inc()
         await self._send_tps(owner, state.history)
 
+    def _drop(
+        self, key: str, mids: list[str], now: int, forward: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Take touchpoints out of customer ``key`` (an id of this partition)."""
+        owner = self._owner(key)
+        if owner != key:
+            forward.append((owner, {"kind": "drop", "mids": mids}))
+            return
+        state = self._load(key)
+        if state is not None and self.engine.remove(state, mids):
+            self._settle(state, now)
+
+    def _take_device(
+        self, device: str, msg: dict[str, Any], now: int, forward: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Device ``device``'s links changed: move the anonymous touchpoints whose owner did."""
+        entry = self._load_device(device)
+        if entry is None:
+            # Its first links: what the device did so far is in its own customer's history.
+            entry = {"p": {}}
+            state = self._load(device) if self._owner(device) == device else None
+            for tp in state.history if state is not None else ():
+                entry["p"][tp.message_id] = [tp_to_list(tp), device]
+        entry["l"], entry["s"] = msg["links"], msg["shared"]
+        links = _device_of(entry)
+        moved = 0
+        for mid, (raw, old) in sorted(entry["p"].items()):
+            tp = tp_from_list(raw)
+            new = links.user_at(tp.order) or device
+            if new == old:
+                continue
+            entry["p"][mid] = [raw, new]
+            moved += 1
+            if old == device:
+                self._drop(device, [mid], now, forward)
+            else:
+                forward.append((old, {"kind": "drop", "mids": [mid]}))
+            here: dict[str, list[Touchpoint]] = {}
+            self._route(new, device, [tp], here, forward)
+            self._apply(here, now)
+        self.metrics.identity_moved.inc(moved)
+        if entry["s"]:  # shared for good: every anonymous touchpoint stays with the device now
+            entry["p"] = {}
+        self._dirty_devices[device] = entry
+
+    def _load_device(self, device: str) -> dict[str, Any] | None:
+        entry = self._dirty_devices.get(device)
+        if entry is not None:
+            return entry
+        raw = self.devices.get(device.encode())
+        return orjson.loads(raw) if raw else None
+
     # -- the identity graph ----------------------------------------------------------------------
 
     async def on_links(self, events: list[Any]) -> None:
+        """The identity rules (``tracker.core.identity``) over every link: owner notices for
+        ids an alias re-keyed, device notices for devices whose attribution changed."""
         await self._changelog_metadata()
         ids = self._identities()
+        # Repeats older than this can no longer be split by a late link (see Identities.add).
+        horizon = now_ms() - self.engine.lateness_ms - LINK_TRANSIT_MS
+        touched: set[str] = set()
+        changed: set[str] = set()
         for event in events:
-            for from_id, user_id, t, message_id in orjson.loads(event.message.value):
-                # One entry per pair, its newest link: the customer key follows the newest
-                # link of a component, and a pair's older links can never be that.
-                link = Link(from_id, user_id, t, message_id)
-                pair_key = f"{from_id}\x00{user_id}".encode()
-                stored = self.links.get(pair_key)
-                if stored and Link(*stored).order >= link.order:
-                    continue
-                self.links[pair_key] = [from_id, user_id, t, message_id]
-                for member, owner in ids.add(link):
+            for from_id, user_id, t, message_id, alias in orjson.loads(event.message.value):
+                link = Link(from_id, user_id, t, message_id, bool(alias))
+                if link.alias:  # one entry per alias pair, its newest link
+                    pair_key = f"{from_id}\x00{user_id}".encode()
+                    stored = self.links.get(pair_key)
+                    if not stored or Link(*stored).order < link.order:
+                        self.links[pair_key] = [from_id, user_id, t, message_id, True]
+                was_shared = ids.is_shared(from_id)
+                rekeyed, device_changed = ids.add(link, horizon)
+                for member, owner in rekeyed:
                     notice = orjson.dumps({"kind": "owner", "owner": owner})
                     await self.journey_input.send(key=member.encode(), value=notice)
+                touched.add(from_id)
+                if device_changed:
+                    changed.add(from_id)
+                    if ids.is_shared(from_id) and not was_shared:
+                        self.metrics.identity_shared_devices.inc()
+        for device in sorted(touched):
+            d = ids.devices[device]
+            self.links[device.encode()] = {"l": d.links, "s": d.shared}
+        for device in sorted(changed):
+            d = ids.devices[device]
+            notice = orjson.dumps({"kind": "device", "links": d.changes(), "shared": d.shared})
+            await self.journey_input.send(key=device.encode(), value=notice)
 
     def _identities(self) -> Identities:
         if self.identities is None:
-            ids = Identities()
-            for raw in self.links.values():
-                if raw:
+            ids = Identities(self.settings.max_users_per_device)
+            for key, raw in self.links.items():
+                if isinstance(raw, dict):
+                    ids.devices[key.decode()] = _device_of(raw)
+                elif raw:
                     ids.add(Link(*raw))
             self.identities = ids
         return self.identities
@@ -461,18 +604,33 @@ class JourneyAgents:
             self.customers[key.encode()] = _tight(
                 orjson.dumps(dump_state(state, self.engine.fingerprint))
             )
+        for key, entry in self._dirty_devices.items():
+            self.devices[key.encode()] = _tight(orjson.dumps(entry))
         self._gone = {}
         self._dirty = {}
+        self._dirty_devices = {}
 
     async def _changelog_metadata(self) -> None:
         """Table writes look their changelog's partitions up in the producer's metadata without
         waiting for it; on a fresh cluster (or after a rebalance that created the topics) the
         producer may not know them yet, and the write would crash the app. Wait for them."""
         producer = self.app.producer._ensure_producer()
-        for table in (self.customers, self.owners, self.links):
+        for table in (self.customers, self.owners, self.devices, self.links):
             topic = table.changelog_topic.get_topic_name()
             if producer.client.cluster.partitions_for_topic(topic) is None:
                 await producer.partitions_for(topic)
+
+    async def _send(self, forward: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send forwarded messages in order, touchpoints for one key in a row as one message."""
+        merged: list[tuple[str, dict[str, Any]]] = []
+        for key, msg in forward:
+            prev = merged[-1] if merged else None
+            if prev is not None and prev[0] == key and prev[1]["kind"] == msg["kind"] == "tps":
+                prev[1]["tps"].extend(msg["tps"])
+            else:
+                merged.append((key, {**msg, "tps": list(msg["tps"])} if "tps" in msg else msg))
+        for key, msg in merged:
+            await self.journey_input.send(key=key.encode(), value=orjson.dumps(msg))
 
     async def _send_tps(self, key: str, tps: list[Touchpoint]) -> None:
         if tps:

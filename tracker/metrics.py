@@ -151,7 +151,18 @@ class Metrics:
         )
         self.identity_merges = Counter(
             "tracker_identity_merges_total",
-            "Customers folded into another customer by an identity link.",
+            "Customers folded into another customer by an alias.",
+            registry=registry,
+        )
+        self.identity_shared_devices = Counter(
+            "tracker_identity_shared_devices_total",
+            "Devices (anonymousIds) found linked to more users than TRACKER_MAX_USERS_PER_DEVICE: "
+            "their anonymous touchpoints stay on their own customer.",
+            registry=registry,
+        )
+        self.identity_moved = Counter(
+            "tracker_identity_moved_touchpoints_total",
+            "Anonymous touchpoints moved to another customer by a device's identity links.",
             registry=registry,
         )
         self.consumer_lag = Gauge(

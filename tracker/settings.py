@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # Journeys.
     journeys_file: Path = Field(default_factory=lambda: defaults.path("journeys.example.yaml"))
     allowed_lateness: str = "1h"  # later touchpoints are stored raw but left out of journeys
+    # A device (anonymousId) linked to more userIds than this is shared (a kiosk): its anonymous
+    # touchpoints stay on its own customer instead of going to the user logged in at the time.
+    max_users_per_device: int = Field(default=10, ge=1)
     timer_interval: float = Field(default=0.25, gt=0, le=1.0)
     # How long a crashed worker keeps its partitions before the group hands them on.
     worker_session_timeout: float = Field(default=10.0, ge=6.0)

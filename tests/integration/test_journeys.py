@@ -178,11 +178,12 @@ def test_killing_and_restarting_the_worker_changes_no_result(
     ]  # fmt: skip
 
 
-def test_a_customer_key_that_comes_back_has_its_results_again(
+def test_results_that_a_late_login_moves_away_and_back_count_again(
     collector: Process, start_worker: Any, unique: str
 ) -> None:
-    """A shared device: user 1 logs in, then user 2, then user 1 again. The customer key moves to
-    user 2 and back; the results withdrawn from user 1 on the way count again on its return."""
+    """A shared device: an anonymous view is user 1's; user 2's login, arriving late, turns out to
+    be just before it (the view is user 2's); user 1's login again, just before the view, gives it
+    back. The results withdrawn from user 1 on the way count again on their return."""
     worker = start_worker()
     device, u1, u2 = f"{unique}-device", f"{unique}-u1", f"{unique}-u2"
     t0 = int(time.time() * 1000) - 60_000  # the browse timeout (15 s) has passed: a drop-off
@@ -193,13 +194,111 @@ def test_a_customer_key_that_comes_back_has_its_results_again(
     def browsed(customer: str) -> list[tuple[str, str, str]]:
         return [(customer, "dropoff", "browse"), (customer, "stage", "browse")]
 
-    send(collector, msg("v1", t0, "Product Viewed", anonymousId=device),
+    send(collector, msg("v1", t0 + 5000, "Product Viewed", anonymousId=device),
          msg("i1", t0 + 1000, type="identify", anonymousId=device, userId=u1))  # fmt: skip
     wait_until(lambda: held() == browsed(u1), timeout=30, what="user 1's journey")
     send(collector, msg("i2", t0 + 2000, type="identify", anonymousId=device, userId=u2))
     wait_until(lambda: held() == browsed(u2), timeout=30, what="the journey under user 2")
     send(collector, msg("i3", t0 + 3000, type="identify", anonymousId=device, userId=u1))
     wait_until(lambda: held() == browsed(u1), timeout=30, what="the journey back under user 1")
+
+
+def test_device_logins_survive_a_worker_restart(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    """The identity graph (device links) and the device's touchpoints survive a crash."""
+    worker = start_worker()
+    device, u1, u2 = f"{unique}-device", f"{unique}-u1", f"{unique}-u2"
+    t0 = int(time.time() * 1000) - 60_000
+
+    def held() -> list[tuple[str, str, str]]:
+        return sorted((r["customer"], r["kind"], r["stage"]) for r in results(worker, unique))
+
+    send(collector, msg("v1", t0 + 5000, "Product Viewed", anonymousId=device),
+         msg("i1", t0 + 1000, type="identify", anonymousId=device, userId=u1))  # fmt: skip
+    browse = [("dropoff", "browse"), ("stage", "browse")]
+    wait_until(lambda: held() == [(u1, *r) for r in browse], timeout=30, what="user 1's journey")
+    worker.kill()
+    worker = start_worker()
+    # User 2 logs in after the first view and views again: only the second view is user 2's,
+    # which the worker can tell only if it still knows user 1's login on the device.
+    send(collector, msg("i2", t0 + 6000, type="identify", anonymousId=device, userId=u2),
+         msg("v2", t0 + 7000, "Product Viewed", anonymousId=device))  # fmt: skip
+    wait_until(lambda: held() == sorted((u, *r) for u in (u1, u2) for r in browse), timeout=60,
+               what="one view each after the restart")  # fmt: skip
+
+
+def test_two_users_on_one_device_stay_two_customers_with_their_own_journeys(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    worker = start_worker()
+    laptop, a, b = f"{unique}-laptop", f"{unique}-a", f"{unique}-b"
+    t0 = int(time.time() * 1000) - 60_000
+    send(
+        collector,
+        msg("1", t0, "Product Viewed", anonymousId=laptop),  # before A's login: A's
+        msg("2", t0 + 1000, type="identify", anonymousId=laptop, userId=a),
+        msg("3", t0 + 2000, "Product Added", anonymousId=laptop, userId=a),
+    )
+    send(
+        collector,
+        msg("4", t0 + 10_000, type="identify", anonymousId=laptop, userId=b),
+        msg("5", t0 + 11_000, "Product Viewed", anonymousId=laptop),  # after B's login: B's
+        msg("6", t0 + 12_000, "Product Added", anonymousId=laptop, userId=b),
+        msg("7", t0 + 13_000, "Checkout Started", anonymousId=laptop, userId=b),
+        msg("8", t0 + 14_000, "Order Completed", anonymousId=laptop, userId=b),
+    )
+    expected = sorted(
+        [(a, "stage", "browse", t0), (a, "stage", "cart", t0 + 2000)]
+        + [(b, "stage", s, t0 + 11_000 + 1000 * i)
+           for i, s in enumerate(("browse", "cart", "checkout", "purchase"))]
+        + [(b, "conversion", "", t0 + 14_000)]
+    )  # fmt: skip
+
+    def held() -> list[tuple[str, str, str, int]]:
+        return sorted(
+            (r["customer"], r["kind"], r["stage"], r["at"]) for r in results(worker, unique)
+        )
+
+    wait_until(lambda: held() == expected, timeout=30, what="A's and B's own journeys")
+
+
+def _metric(worker: Process, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return -1.0
+
+
+def test_a_kiosk_of_200_users_does_not_become_one_customer(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    worker = start_worker()
+    kiosk = f"{unique}-kiosk"
+    users = [f"{unique}-u{i:03d}" for i in range(200)]
+    t0 = int(time.time() * 1000) - 60_000  # every browse timeout (15 s) has passed
+    messages = [msg("anon", t0, "Product Viewed", anonymousId=kiosk)]
+    for i, user in enumerate(users):
+        at = t0 + 100 * (i + 1)
+        messages += [
+            msg(f"i{i}", at, type="identify", anonymousId=kiosk, userId=user),
+            msg(f"v{i}", at + 50, "Product Viewed", anonymousId=kiosk, userId=user),
+        ]
+    for i in range(0, len(messages), 100):
+        send(collector, *messages[i : i + 100])
+    # Each shopper is a customer with a journey of their own; the kiosk's anonymous view stays
+    # with the kiosk (it is shared), not with the first of them.
+    expected = sorted((c, kind, "browse") for c in [kiosk, *users] for kind in ("stage", "dropoff"))
+
+    def held() -> list[tuple[str, str, str]]:
+        return sorted((r["customer"], r["kind"], r["stage"]) for r in results(worker, unique))
+
+    shared = "tracker_identity_shared_devices_total"
+    wait_until(lambda: _metric(worker, shared) == 1, timeout=60, what="the kiosk found shared")
+    wait_until(lambda: held() == expected, timeout=60, what="201 customers, one journey each")
 
 
 def _assigned(worker: Process) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tracker.core.identity import MAX_USERS_PER_DEVICE
 from tracker.core.journeys.codec import dump_state, load_state
 from tracker.core.journeys.definition import load
 from tracker.core.journeys.engine import JourneyEngine
@@ -154,3 +155,19 @@ def test_run_has_duplicates_multi_device_logins_and_out_of_order_delivery() -> N
         for t in d.touches:
             arrival.setdefault(t.message_id.rsplit("-m", 1)[0], []).append(t.t)
     assert any(times != sorted(times) for times in arrival.values())
+
+
+def test_run_has_shared_laptops_and_a_kiosk_past_the_bound() -> None:
+    _, truth, deliveries = _plan(DEMO, "mix", 21, rate=60, duration=30)
+    users: dict[str, set[str]] = {}
+    for d in deliveries:
+        for t in d.touches:
+            if t.fields["type"] == "identify":
+                users.setdefault(t.fields["anonymousId"], set()).add(t.fields["userId"])
+    kiosk = [anon for anon in users if anon.endswith("-kiosk")]
+    assert len(kiosk) == 1 and len(users[kiosk[0]]) > MAX_USERS_PER_DEVICE
+    laptops = [anon for anon, who in users.items() if len(who) > 1 and anon not in kiosk]
+    assert laptops
+    # Every user of a shared device is a customer of its own in the truth.
+    for anon in [*laptops, *kiosk]:
+        assert all(user in truth.customers for user in users[anon])

@@ -11,13 +11,20 @@ queues its messages and flushes them every second or two (so a customer's device
 order), a phone sometimes goes offline for a few seconds, back-office systems (store tills, call
 centre, courier scanners) send every few seconds, and a batch whose answer was lost is sent again
 with the same message ids.
+
+Some devices are used by more than one person: a family laptop that a later customer logs in on
+after its first owner did, and a store kiosk that many customers log in on (and that people also
+browse on without logging in). Those customers log in on such a device before they use it, so
+every touchpoint is still its own customer's under the identity rules (docs/journeys.md, rule 1);
+the kiosk's anonymous browsing matches no stage and no signal, and stays the kiosk's once it has
+had more users than a device may have.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +41,9 @@ DUPLICATE_RATE = 0.02  # a delivery sent twice (its answer was lost)
 OFFLINE_RATE = 0.05  # a phone delivery held back while the phone is offline
 SYSTEM_FLUSH_S = 2.0  # back-office systems send what they collected this often
 DEVICE_ROUTES_PREFIX = "anon-"  # the route of a device is its anonymousId
+HOUSEHOLD_RATE = 0.15  # a logged-in customer also uses a laptop an earlier one logged in on
+KIOSK_RATE = 0.2  # a logged-in customer who also uses the store kiosk
+SHARED_AFTER_S = 1.0  # a shared device's next user logs in at least this long after the last one
 
 
 @dataclass
@@ -92,6 +102,9 @@ class _Device:
     flush_s: float
     phase: float
     login_t: float = math.inf  # from then on its messages carry the userId too
+    # Used by other customers too: the customer logs in on it just before using it, never
+    # before logging in elsewhere; "kiosk" devices also see anonymous browsing.
+    shared: str = ""  # "", "household" or "kiosk"
 
 
 @dataclass
@@ -114,6 +127,10 @@ class Planner:
         self.journeys = {j.name: j for j in journeys}
         self.seed = seed
         self.prefix = f"s{seed}"
+        # Laptops whose owner logged in on them, with the time from which another may log in.
+        self.households: list[tuple[_Device, float]] = []
+        self.kiosk = _Device(f"{DEVICE_ROUTES_PREFIX}{self.prefix}-kiosk", "web", 0, 1.0, 0.0,
+                             shared="kiosk")  # fmt: skip
         if scenario == "mix":
             self.mix = MIX
         elif scenario in SCENARIOS:
@@ -191,7 +208,11 @@ class _CustomerBuilder:
                 devices.append(self._device(1, "app"))
             if rng.random() < 0.25:
                 devices.append(self._device(2, "web"))
+            devices += self._shared_devices(login_t)
         touches = self._touches(events, devices, login_t)
+        if devices[0].login_t < math.inf:  # its laptop, for someone else of the household
+            self.planner.households.append((devices[0], devices[0].login_t + SHARED_AFTER_S))
+            del self.planner.households[:-50]
         logged_in = login_t < math.inf
         key = self.user_id if logged_in else devices[0].anon_id
         ids = sorted({d.anon_id for d in devices} | ({self.user_id} if logged_in else set()))
@@ -204,6 +225,20 @@ class _CustomerBuilder:
             deliveries=self._deliveries(touches, devices),
             outcomes=self.outcomes,
         )
+
+    def _shared_devices(self, login_t: float) -> list[_Device]:
+        """The devices other customers use too that this one will use after logging in."""
+        rng, out = self.rng, []
+        if rng.random() < HOUSEHOLD_RATE:
+            free = [d for d, since in self.planner.households if since <= login_t]
+            if free:
+                d = rng.choice(free[-10:])
+                out.append(_Device(d.anon_id, "web", d.skew_ms, d.flush_s, d.phase,
+                                   shared="household"))  # fmt: skip
+        if rng.random() < KIOSK_RATE:
+            k = self.planner.kiosk
+            out.append(_Device(k.anon_id, k.kind, k.skew_ms, k.flush_s, k.phase, shared="kiosk"))
+        return out
 
     def _device(self, n: int, kind: str) -> _Device:
         flush = self.rng.uniform(0.5, 2.0)
@@ -285,18 +320,20 @@ class _CustomerBuilder:
         used: list[_Device] = []
         n = 0
 
-        def add(t: float, fields: dict[str, Any], route: str, skew: int) -> None:
+        def add(t: float, fields: dict[str, Any], route: str, skew: int) -> float:
             nonlocal n, last
             t = max(t, last + SPACING_S)
             last = t
             mid = f"{self.name}-m{n}"
             n += 1
             touches.append(Touch(round(t, 3), mid, {"messageId": mid, **fields}, route, skew))
+            return t
 
         for event in events:
             if event.t >= login_t and devices[0].login_t == math.inf:
-                # The customer logs in: on the device in hand, then on every other one it has.
-                for d in [*used, *[d for d in devices if d not in used]]:
+                # The customer logs in: on the device in hand, then on every other one it has
+                # (a shared one only when about to use it).
+                for d in [*used, *[d for d in devices if d not in used and not d.shared]]:
                     d.login_t = max(login_t, last + SPACING_S)
                     add(
                         d.login_t,
@@ -322,6 +359,9 @@ class _CustomerBuilder:
                 choices = [d for d in choices if d.anon_id == devices[0].anon_id or d in used]
                 if len(devices) > 1 and rng.random() < 0.3:
                     choices = [d for d in devices if not step.channel or d.kind == step.channel]
+                choices = [d for d in choices if not d.shared]
+            elif waiting := [d for d in choices if d.shared and d.login_t == math.inf]:
+                choices = waiting[:1]  # a shared device it has is used first
             if not choices:
                 # An app-only touchpoint (always after login) from a customer without the app:
                 # the customer installs it and logs in there first.
@@ -341,13 +381,28 @@ class _CustomerBuilder:
                 )
                 choices = [device]
             device = rng.choice(choices)
+            if device.shared and device.login_t == math.inf:
+                self._log_in_on_shared(device, event.t, add)
             if device not in used:
                 used.append(device)
             fields.update(anonymousId=device.anon_id, channel=device.kind)
-            if event.t >= device.login_t:
+            if event.t >= device.login_t or device.shared:  # shared: logged in just now
                 fields["userId"] = self.user_id
             add(event.t, fields, device.anon_id, device.skew_ms)
         return touches
+
+    def _log_in_on_shared(
+        self, device: _Device, t: float, add: Callable[[float, dict[str, Any], str, int], float]
+    ) -> None:
+        """Log in on a shared device just before using it; at the kiosk, someone browsed it
+        without logging in first (a touchpoint no journey matches)."""
+        if device.shared == "kiosk":
+            fields = {"type": "track", "event": "Kiosk Browsed", "properties": {"screen": "home"},
+                      "anonymousId": device.anon_id, "channel": device.kind}  # fmt: skip
+            add(t - 0.1, fields, device.anon_id, device.skew_ms)
+        fields = {"type": "identify", "anonymousId": device.anon_id, "userId": self.user_id,
+                  "channel": device.kind}  # fmt: skip
+        device.login_t = add(t - 0.05, fields, device.anon_id, device.skew_ms)
 
     def _deliveries(self, touches: list[Touch], devices: list[_Device]) -> list[Delivery]:
         rng = self.rng

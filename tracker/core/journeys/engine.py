@@ -295,6 +295,15 @@ class JourneyEngine:
             added += 1
         return added
 
+    def remove(self, state: CustomerState, message_ids: Iterable[str]) -> int:
+        """Take touchpoints out (an identity link gave them to another customer). Returns
+        #removed; they may come back later, so their messageIds are forgotten too."""
+        gone = set(message_ids) & state.seen
+        if gone:
+            state.seen -= gone
+            state.history = [tp for tp in state.history if tp.message_id not in gone]
+        return len(gone)
+
     def results(self, state: CustomerState, now: int) -> Counter[Result]:
         """Every journey's results as of ``now``; sets ``state.deadline``."""
         out: Counter[Result] = Counter()
