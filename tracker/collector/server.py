@@ -38,11 +38,13 @@ async def serve(
     await ensure_topics(
         settings, bootstrap, [settings.topic_touchpoints, settings.topic_deadletter]
     )
-    publisher = Publisher(settings, bootstrap)
-    await publisher.start()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
-    collector = Collector(settings, publisher, Metrics(registry), sources)
+    metrics = Metrics(registry)
+    rebuilds = metrics.producer_rebuilds
+    publisher = Publisher(settings, bootstrap, on_rebuild=lambda why: rebuilds.labels(why).inc())
+    await publisher.start()
+    collector = Collector(settings, publisher, metrics, sources)
     # auto_decompress=False: the collector inflates bodies itself, with a hard output limit.
     runner = web.AppRunner(collector.build(), auto_decompress=False, access_log=None)
     await runner.setup()
