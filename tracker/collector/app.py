@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -138,7 +139,15 @@ class Collector:
             return self._unauthorized()
         label = source.name if source else UNKNOWN_SOURCE
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.settings.collector_body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            self.metrics.events_rejected.labels(label, "body_timeout").inc()
+            response = _error(
+                408, "body_timeout", f"body not received in {self.settings.collector_body_timeout}s"
+            )
+            response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             self.metrics.events_rejected.labels(label, "body_too_large").inc()
             return _error(
