@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -71,8 +72,21 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A new KRaft cluster id: 16 random bytes, URL-safe base64, never beginning with ``-``.
+
+    One id in 64 would begin with ``-`` (Kafka's own generator draws again too); such an id
+    works, but tools that take it as a separate argument read it as an option.
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
+def format_args(cluster: str, properties: Path) -> list[str]:
+    """The storage tool's ``format`` arguments; ``--cluster-id=<id>`` stays one token."""
+    return ["format", f"--cluster-id={cluster}", "-c", str(properties)]
 
 
 class EmbeddedKafka:
@@ -116,7 +130,7 @@ class EmbeddedKafka:
         props = self._write_properties()
         logs = self.data_dir / "logs"
         if not (logs / "meta.properties").exists():
-            self._java(libs, _STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(props))
+            self._java(libs, _STORAGE_TOOL, *format_args(cluster_id(), props))
         with self.log_path.open("ab") as out:
             self._proc = subprocess.Popen(
                 self._java_cmd(libs, _MAIN_CLASS, str(props)),
@@ -144,6 +158,14 @@ class EmbeddedKafka:
             log.warning("event=kafka_kill reason=no_exit_after_sigterm")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the broker's process group, no controlled shutdown."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
     def wait(self) -> int:
         """Block until the broker exits; return its exit code."""
