@@ -119,6 +119,32 @@ class SteadyClient:
             conn.close()
 
 
+def start_clients(
+    url: Callable[[], str], prefix: str, count: int = 4, pause: float = 0.02
+) -> list[SteadyClient]:
+    return [SteadyClient(url, f"{prefix}-{n}", pause=pause).start() for n in range(count)]
+
+
+def wait_for_acks(clients: list[SteadyClient], more: int, *, timeout: float, what: str) -> None:
+    """Until every client has had ``more`` batches acknowledged from now on."""
+    base = [c.acked for c in clients]
+    wait_until(
+        lambda: all(c.acked >= n + more for c, n in zip(clients, base, strict=True)),
+        timeout=timeout,
+        what=f"{what} (answers so far: {[c.answers for c in clients]})",
+    )
+
+
+def stop_all(clients: list[SteadyClient], collector: Process) -> None:
+    """Stop the clients (each finishes its batch), then the collector, whatever happens."""
+    try:
+        for client in clients:
+            client.stop()
+    finally:
+        collector.stop()
+    print(f"client answers: {[dict(c.answers) for c in clients]}")
+
+
 def assert_each_id_once(
     settings: Settings, bootstrap: str, workdir: Path, clients: list[SteadyClient]
 ) -> None:

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.faults import SteadyClient, assert_each_id_once, http_status
+from tests.integration.faults import (
+    assert_each_id_once,
+    http_status,
+    start_clients,
+    stop_all,
+    wait_for_acks,
+)
 from tests.integration.processes import Process, wait_until
 from tracker.kafka.broker import EmbeddedKafka
 from tracker.settings import REPO_ROOT, Settings
@@ -45,13 +51,9 @@ def test_broker_restart_the_collector_recovers_by_itself(
     signal_name: str, settings: Settings, own_kafka: EmbeddedKafka, tmp_path: Path
 ) -> None:
     collector = Process("collector", settings, own_kafka.bootstrap, tmp_path).wait_ready()
-    clients = [
-        SteadyClient(lambda: collector.url, f"restart-{signal_name}-{n}").start() for n in range(4)
-    ]
+    clients = start_clients(lambda: collector.url, f"restart-{signal_name}")
     try:
-        wait_until(
-            lambda: min(c.acked for c in clients) >= 20, timeout=30, what="acks before the fault"
-        )
+        wait_for_acks(clients, 20, timeout=30, what="acks before the fault")
         assert http_status(f"{collector.url}/health") == 200
         down_at = time.monotonic()
         if signal_name == "SIGTERM":
@@ -66,23 +68,13 @@ def test_broker_restart_the_collector_recovers_by_itself(
         assert http_status(f"{collector.url}/health/live") == 200
         time.sleep(max(0.0, down_at + OUTAGE_SECONDS - time.monotonic()))  # the fault itself
         own_kafka.start()
-        resumed = [c.acked for c in clients]
-        wait_until(
-            lambda: all(c.acked >= n + 50 for c, n in zip(clients, resumed, strict=True)),
-            timeout=120,
-            what=f"acks after the restart (answers so far: {[c.answers for c in clients]})",
-        )
+        wait_for_acks(clients, 50, timeout=120, what="acks after the restart")
         assert http_status(f"{collector.url}/health") == 200
         assert collector.proc.poll() is None, "the collector was never restarted"
     finally:
-        try:
-            for client in clients:
-                client.stop()
-        finally:
-            log = collector.log_path.read_text(errors="replace")
-            collector.stop()
-            print("\n".join(line for line in log.splitlines() if "event=producer" in line))
-    print(f"client answers: {[dict(c.answers) for c in clients]}")
+        stop_all(clients, collector)
+        log = collector.log_path.read_text(errors="replace")
+        print("\n".join(line for line in log.splitlines() if "event=producer" in line))
     assert_each_id_once(settings, own_kafka.bootstrap, tmp_path, clients)
 
 
@@ -90,28 +82,14 @@ def test_collector_killed_with_requests_in_flight(
     settings: Settings, kafka: EmbeddedKafka, tmp_path: Path
 ) -> None:
     collectors = [Process("collector", settings, kafka.bootstrap, tmp_path).wait_ready()]
-    clients = [
-        SteadyClient(lambda: collectors[-1].url, f"ckill-{n}", pause=0.0).start() for n in range(4)
-    ]
+    clients = start_clients(lambda: collectors[-1].url, "ckill", pause=0.0)
     try:
-        wait_until(
-            lambda: min(c.acked for c in clients) >= 30, timeout=60, what="acks before the kill"
-        )
+        wait_for_acks(clients, 30, timeout=60, what="acks before the kill")
         collectors[-1].kill()
         collectors.append(Process("collector", settings, kafka.bootstrap, tmp_path).wait_ready())
-        resumed = [c.acked for c in clients]
-        wait_until(
-            lambda: all(c.acked >= n + 30 for c, n in zip(clients, resumed, strict=True)),
-            timeout=60,
-            what="acks from the new collector",
-        )
+        wait_for_acks(clients, 30, timeout=60, what="acks from the new collector")
     finally:
-        try:
-            for client in clients:
-                client.stop()
-        finally:
-            collectors[-1].stop()
+        stop_all(clients, collectors[-1])
     cut = sum(c.answers[name] for c in clients for name in CUT_OFF)
-    print(f"answers: {[dict(c.answers) for c in clients]}")
     assert cut > 0, "the kill met no request in flight; the test proved nothing"
     assert_each_id_once(settings, kafka.bootstrap, tmp_path, clients)
