@@ -185,10 +185,10 @@ class Publisher:
             self._failed(producer, delivered.exception())
 
     def _failed(self, producer: AIOKafkaProducer, exc: BaseException | None) -> None:
+        if producer is not self._producer:
+            return  # a replaced producer's news: says nothing of the current one
         if self._failing_since is None:
             self._failing_since = asyncio.get_running_loop().time()
-        if producer is not self._producer or self._rebuilding is not None:
-            return  # an older producer's news, or already being replaced
         if isinstance(exc, FATAL_PRODUCER_ERRORS) or _sender_stopped(producer):
             reason = type(exc).__name__
             log.warning("event=producer_rebuild reason=%s", reason)
@@ -222,7 +222,7 @@ class Publisher:
             except asyncio.CancelledError:
                 await producer.stop()
                 raise
-            except KafkaError as exc:
+            except (KafkaError, OSError) as exc:
                 await producer.stop()
                 if deadline is not None and loop.time() + delay > deadline:
                     raise UnavailableError(f"Kafka is not reachable: {exc}", retry_after=5) from exc
