@@ -55,6 +55,12 @@ class Metrics:
             "Requests answered 503 because Kafka did not acknowledge in time.",
             registry=registry,
         )
+        self.producer_rebuilds = Counter(
+            "tracker_collector_producer_rebuilds_total",
+            "Kafka producers replaced after a state they cannot leave, by the error seen.",
+            ["reason"],
+            registry=registry,
+        )
         # Worker.
         self.events_consumed = Counter(
             "tracker_worker_events_total",

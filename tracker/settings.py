@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=500 * 1024, ge=1024)
     max_message_bytes: int = Field(default=32 * 1024, ge=256)
     produce_timeout: float = Field(default=10.0, gt=0)
+    # Slow or idle clients. A request's headers must be complete this long after their first
+    # byte, and its body read this long after the headers; a connection with no request is
+    # closed after the keep-alive timeout (longer than a load balancer's idle timeout, 60 s on
+    # the common ones, so that the balancer closes first). At the connection bound a new client
+    # replaces the oldest one waiting for headers.
+    collector_header_timeout: float = Field(default=10.0, gt=0)
+    collector_body_timeout: float = Field(default=30.0, gt=0)
+    collector_keepalive_timeout: float = Field(default=75.0, gt=0)
+    collector_max_connections: int = Field(default=4096, ge=1)
     # Who may send (write keys, browser origins, rate limits); unset = open development mode.
     sources_file: Path | None = None
     # Store context.ip with its last IPv4 octet zeroed (IPv6: cut to /48). On by default: an IP

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -69,6 +70,7 @@ class Collector:
             app.router.add_post(f"/v1/{kind}", self._single(kind))
         app.router.add_route("OPTIONS", "/v1/{kind}", self.handle_preflight)
         app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/health/live", self.handle_live)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/openapi.json", self.handle_openapi)
         app.router.add_get("/sdk.js", StaticScript(SDK_PATH).handle)
@@ -105,8 +107,13 @@ class Collector:
         return await self._ingest(request, single_type=None)
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        ok = self.publisher.started
-        return _json(200 if ok else 503, {"status": "ok" if ok else "starting"})
+        """Readiness: 200 only while Kafka acknowledges (as far as the collector can tell)."""
+        ok = await self.publisher.probe()
+        return _json(200 if ok else 503, {"status": self.publisher.state})
+
+    async def handle_live(self, request: web.Request) -> web.Response:
+        """Liveness: the process serves HTTP; Kafka's state does not matter here."""
+        return _json(200, {"status": "live"})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
@@ -132,7 +139,15 @@ class Collector:
             return self._unauthorized()
         label = source.name if source else UNKNOWN_SOURCE
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.settings.collector_body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            self.metrics.events_rejected.labels(label, "body_timeout").inc()
+            response = _error(
+                408, "body_timeout", f"body not received in {self.settings.collector_body_timeout}s"
+            )
+            response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             self.metrics.events_rejected.labels(label, "body_too_large").inc()
             return _error(

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from tracker import readyfile
 from tracker.collector.app import Collector
+from tracker.collector.connections import Guard, listen, usable_connections
 from tracker.collector.publisher import Publisher
 from tracker.collector.sources import Sources
 from tracker.kafka.client import ensure_topics
@@ -38,29 +39,44 @@ async def serve(
     await ensure_topics(
         settings, bootstrap, [settings.topic_touchpoints, settings.topic_deadletter]
     )
-    publisher = Publisher(settings, bootstrap)
-    await publisher.start()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
-    collector = Collector(settings, publisher, Metrics(registry), sources)
-    # auto_decompress=False: the collector inflates bodies itself, with a hard output limit.
-    runner = web.AppRunner(collector.build(), auto_decompress=False, access_log=None)
+    metrics = Metrics(registry)
+    rebuilds = metrics.producer_rebuilds
+    publisher = Publisher(settings, bootstrap, on_rebuild=lambda why: rebuilds.labels(why).inc())
+    await publisher.start()
+    collector = Collector(settings, publisher, metrics, sources)
+    runner = web.AppRunner(collector.build())
     await runner.setup()
+    guard = Guard(
+        max_connections=usable_connections(settings.collector_max_connections),
+        header_timeout=settings.collector_header_timeout,
+    )
+    listener = await listen(
+        runner,
+        settings.collector_host,
+        port,
+        guard,
+        # The collector inflates bodies itself, with a hard output limit.
+        auto_decompress=False,
+        access_log=None,
+        keepalive_timeout=settings.collector_keepalive_timeout,
+        # After an early answer (413, 408) read what is left of the body for at most this long.
+        lingering_time=1.0,
+    )
     try:
-        site = web.TCPSite(runner, settings.collector_host, port)
-        await site.start()
         # Everything built so far (modules, pydantic schemas, clients) lives as long as the
         # process: keep it out of the collector's way, or every full collection walks it again
         # in the middle of requests.
         gc.freeze()
-        assert site._server is not None
-        bound = int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        bound = int(listener.sockets[0].getsockname()[1])
         url = f"http://{settings.collector_host}:{bound}"
         log.info("event=collector_listening url=%s topic=%s", url, settings.topic_touchpoints)
         if ready_file is not None:
             readyfile.write(ready_file, url=url)
         await stop.wait()
     finally:
+        listener.close()
         await runner.cleanup()
         await publisher.stop()
         log.info("event=collector_stopped")

@@ -18,6 +18,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -90,8 +92,40 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A new KRaft cluster id: 16 random bytes, URL-safe base64, never beginning with ``-``.
+
+    One id in 64 would begin with ``-`` (Kafka's own generator draws again too); such an id
+    works, but tools that take it as a separate argument read it as an option.
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
+def format_args(cluster: str, properties: Path) -> list[str]:
+    """The storage tool's ``format`` arguments; ``--cluster-id=<id>`` stays one token."""
+    return ["format", f"--cluster-id={cluster}", "-c", str(properties)]
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node's place in a multi-node KRaft cluster (every node is broker and controller)."""
+
+    node_id: int
+    controller_port: int
+    voters: str  # controller.quorum.voters, the same for every node
+    cluster_id: str
+    replicas: int  # replication of internal and new topics; min.insync.replicas is 2 from 2 up
+
+
+def cluster_nodes(count: int, host: str = "127.0.0.1") -> list[ClusterNode]:
+    """The places of a ``count``-node cluster on free loopback ports."""
+    ports = [free_port(host) for _ in range(count)]
+    voters = ",".join(f"{n}@{host}:{port}" for n, port in enumerate(ports, start=1))
+    cluster = cluster_id()
+    return [ClusterNode(n, port, voters, cluster, count) for n, port in enumerate(ports, start=1)]
 
 
 class EmbeddedKafka:
@@ -110,14 +144,17 @@ class EmbeddedKafka:
         kafka_home: Path,
         heap: str = "512m",
         partitions: int = 4,
+        node: ClusterNode | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.host = host
         self.port = port or free_port(host)
-        self.controller_port = free_port(host)
         self.kafka_home = kafka_home
         self.heap = heap
         self.partitions = partitions
+        self.node_id = node.node_id if node else 1
+        self.controller_port = node.controller_port if node else free_port(host)
+        self._node = node
         self.log_path = self.data_dir / "broker.log"
         self.start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -130,12 +167,24 @@ class EmbeddedKafka:
 
     def start(self, *, timeout: float = 90.0) -> None:
         began = time.monotonic()
+        self.launch()
+        self.wait_ready(timeout)
+        self.start_seconds = time.monotonic() - began
+        log.info("event=kafka_ready bootstrap=%s seconds=%.2f", self.bootstrap, self.start_seconds)
+
+    def launch(self) -> None:
+        """Format the log dirs on first use and start the JVM; :meth:`wait_ready` waits for it.
+
+        The nodes of a cluster are all launched before any is waited for: none is ready before
+        a majority of the controllers runs.
+        """
         libs = ensure_jars(self.kafka_home)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self._write_properties()
         logs = self.data_dir / "logs"
         if not (logs / "meta.properties").exists():
-            self._java(libs, _STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(props))
+            cluster = self._node.cluster_id if self._node else cluster_id()
+            self._java(libs, _STORAGE_TOOL, *format_args(cluster, props))
         with self.log_path.open("ab") as out:
             self._proc = subprocess.Popen(
                 self._java_cmd(libs, _MAIN_CLASS, str(props)),
@@ -144,13 +193,13 @@ class EmbeddedKafka:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
         try:
             asyncio.run(self._wait_ready(timeout))
         except BaseException:
             self.stop()
             raise
-        self.start_seconds = time.monotonic() - began
-        log.info("event=kafka_ready bootstrap=%s seconds=%.2f", self.bootstrap, self.start_seconds)
 
     def stop(self, *, timeout: float = 30.0) -> None:
         proc, self._proc = self._proc, None
@@ -163,6 +212,14 @@ class EmbeddedKafka:
             log.warning("event=kafka_kill reason=no_exit_after_sigterm")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the broker's process group, no controlled shutdown."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
     def wait(self) -> int:
         """Block until the broker exits; return its exit code."""
@@ -193,12 +250,16 @@ class EmbeddedKafka:
     def _write_properties(self) -> Path:
         path = self.data_dir / "server.properties"
         h = self.host
+        node = self._node
+        voters = node.voters if node else f"1@{h}:{self.controller_port}"
+        replicas = node.replicas if node else 1
+        min_isr = min(2, replicas)
         path.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@{h}:{self.controller_port}",
+                    f"node.id={self.node_id}",
+                    f"controller.quorum.voters={voters}",
                     f"listeners=PLAINTEXT://{h}:{self.port},CONTROLLER://{h}:{self.controller_port}",
                     f"advertised.listeners=PLAINTEXT://{h}:{self.port}",
                     "controller.listener.names=CONTROLLER",
@@ -207,12 +268,14 @@ class EmbeddedKafka:
                     f"log.dirs={self.data_dir / 'logs'}",
                     f"num.partitions={self.partitions}",
                     "auto.create.topics.enable=false",
-                    "offsets.topic.replication.factor=1",
+                    f"offsets.topic.replication.factor={replicas}",
                     "offsets.topic.num.partitions=4",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
+                    f"transaction.state.log.replication.factor={replicas}",
+                    f"transaction.state.log.min.isr={min_isr}",
+                    f"share.coordinator.state.topic.replication.factor={replicas}",
+                    f"share.coordinator.state.topic.min.isr={min_isr}",
+                    f"default.replication.factor={replicas}",
+                    f"min.insync.replicas={min_isr}",
                     "group.initial.rebalance.delay.ms=0",
                     "log.retention.hours=168",
                     "",
