@@ -40,8 +40,8 @@ class Stack:
         """Every stored touchpoint of one test run (its ids all start with ``run``)."""
         sql = f"""SELECT message_id, type, event, anonymous_id, user_id, previous_id, group_id,
             source, properties, traits,
-            toUnixTimestamp64Milli(timestamp) AS device_ms,
-            toUnixTimestamp64Milli(event_time) AS time_ms,
+            toUnixTimestamp64Milli(original_timestamp) AS device_ms,
+            toUnixTimestamp64Milli(timestamp) AS time_ms,
             toUnixTimestamp64Milli(received_at) AS received_ms
         FROM tracker.touchpoints
         WHERE startsWith(user_id, '{run}') OR startsWith(anonymous_id, '{run}')
