@@ -38,9 +38,9 @@ BATCH_PATHS = ("/v1/batch", "/v1/b", "/beacon/v1/batch")
 # analytics.js 2.0 posts its own telemetry here: answered, counted and dropped.
 SDK_METRICS_PATH = "/v1/m"
 UNKNOWN_SOURCE = "unknown"  # the metrics label for requests no source could be found for
-# The request headers browser SDKs send besides the simple ones: ours, and RudderStack's (the
-# visitor and send time, and what it says about a retried or recovered request). A browser sends
-# none that is not listed here; the list is fixed, never an echo of what the preflight asks for.
+# The request headers a preflight allows: the ones browser SDKs send besides the simple ones,
+# ours and RudderStack's (the visitor and send time, and what it says about a retried or
+# recovered request). The list is fixed, never an echo of what the preflight asks for.
 ALLOWED_REQUEST_HEADERS = (
     "Authorization", "Content-Type", "Content-Encoding", "X-Request-Id",
     "AnonymousId", "SentAt", "Rsa-Recovered", "Rsa-Retry-Attempt", "Rsa-Since-Last-Attempt",
