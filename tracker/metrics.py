@@ -61,6 +61,16 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.preflights_refused = Counter(
+            "tracker_collector_preflights_refused_total",
+            "CORS preflights refused because no source allows the page's origin.",
+            registry=registry,
+        )
+        self.sdk_reports_dropped = Counter(
+            "tracker_collector_sdk_reports_dropped_total",
+            "Reports SDKs send about themselves (analytics.js 2.0's /v1/m), answered and dropped.",
+            registry=registry,
+        )
         # Worker.
         self.events_consumed = Counter(
             "tracker_worker_events_total",

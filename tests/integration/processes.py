@@ -111,6 +111,21 @@ def query(worker_url: str, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
 
 
+def metric(process: Process, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` with these ``labels`` (and any others) on
+    ``process``'s /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{process.url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((f"{name} ", f"{name}{{")) and all(w in line for w in wanted)
+    )
+
+
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     import urllib.error
     import urllib.request

@@ -60,8 +60,8 @@ def test_batch_reaches_clickhouse_with_exact_fields(worker: Process, collector: 
 
     sql = (
         "SELECT message_id, type, event, anonymous_id, user_id, channel, properties, "
-        "toUnixTimestamp64Milli(timestamp) AS ts, "
-        "toUnixTimestamp64Milli(event_time) - toUnixTimestamp64Milli(received_at) AS skew_ms "
+        "toUnixTimestamp64Milli(original_timestamp) AS ts, "
+        "toUnixTimestamp64Milli(timestamp) - toUnixTimestamp64Milli(received_at) AS skew_ms "
         "FROM {t} ORDER BY message_id"
     ).format(t="tracker.touchpoints WHERE message_id LIKE 'msg-%'")
     rows = wait_until(lambda: len(query(worker.url, sql)) == 2 and query(worker.url, sql),

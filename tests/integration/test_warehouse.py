@@ -335,37 +335,88 @@ def _registry() -> Any:
 def test_migrations_apply_once_follow_the_ttl_settings_and_backfill_links(tmp_path: Path) -> None:
     wh = Warehouse(f"chdb://{tmp_path / 'ch'}", "tracker")
     try:
-        # A warehouse from before the identity links: touchpoints already hold a link.
+        # A warehouse from before the identity links: touchpoints (of the first shape, where
+        # timestamp was the device's time and event_time the corrected one) hold a link.
         wh.command("CREATE DATABASE IF NOT EXISTS tracker")
         for v, _, group in migrations(Layout("tracker")):
             if v <= 2:
                 for statement in group:
+                    assert isinstance(statement, str)
                     wh.command(statement)
-        row = dict.fromkeys(TOUCHPOINT_COLUMNS, "")
-        now = datetime.now(UTC)
+        device = int(datetime.now(UTC).timestamp() * 1000)  # recent: kept by the 30-day TTL
+        corrected = device - 60_000
+        v1_columns = [n for n in TOUCHPOINT_COLUMNS if n != "original_timestamp"] + ["event_time"]
+        row = dict.fromkeys(v1_columns, "")
         row.update(message_id="m1", type="identify", anonymous_id="anon", user_id="u",
-                   channel="web", source="site", timestamp=now, sent_at=now, received_at=now,
-                   event_time=now, kafka_partition=0, kafka_offset=0)  # fmt: skip
-        wh.insert("touchpoints", [list(row.values())], TOUCHPOINT_COLUMNS)
+                   channel="web", source="site", timestamp=device, sent_at=device,
+                   received_at=device, event_time=corrected, kafka_partition=3,
+                   kafka_offset=7, properties='{"a":1}')  # fmt: skip
+        wh.insert("touchpoints", [list(row.values())], list(row))
 
-        assert migrate(wh) == len(migrations(Layout("tracker")))
-        assert migrate(wh, Layout("tracker", ttl_days=30, aggregate_ttl_days=400)) == 6
+        assert migrate(wh) == len(migrations(Layout("tracker"))) == 7
+        moved = wh.query(
+            "SELECT message_id, toUnixTimestamp64Milli(timestamp), "
+            "toUnixTimestamp64Milli(original_timestamp), properties, kafka_offset "
+            "FROM tracker.touchpoints"
+        ).rows
+        assert moved == [("m1", corrected, device, '{"a":1}', 7)]
+        assert migrate(wh, Layout("tracker", ttl_days=30, aggregate_ttl_days=400)) == 7
         tables = dict(wh.query("SELECT name, create_table_query FROM system.tables "
                                "WHERE database = 'tracker'").rows)  # fmt: skip
-        assert "TTL toDateTime(timestamp) + toIntervalDay(30)" in tables["touchpoints"]
+        assert "TTL toDateTime(original_timestamp) + toIntervalDay(30)" in tables["touchpoints"]
         assert "TTL hour + toIntervalDay(400)" in tables["journey_funnel"]
+        assert "touchpoints_reshaped" not in tables
         applied = wh.query("SELECT version FROM tracker.schema_migrations ORDER BY version")
-        assert [v for (v,) in applied.rows] == [1, 2, 3, 4, 5, 6]
+        assert [v for (v,) in applied.rows] == [1, 2, 3, 4, 5, 6, 7]
         migrate(wh)  # back to keeping everything
         tables = dict(wh.query("SELECT name, create_table_query FROM system.tables "
                                "WHERE database = 'tracker'").rows)  # fmt: skip
         assert " TTL " not in tables["touchpoints"] + tables["journey_funnel"]
-        links = wh.query("SELECT from_id, user_id, via FROM tracker.identity_links").rows
-        assert links == [("anon", "u", "identify")]
-        # The cluster variant is valid ClickHouse SQL (parsed here; no cluster runs).
+        links = wh.query(
+            "SELECT from_id, user_id, via, toUnixTimestamp64Milli(linked_at) "
+            "FROM tracker.identity_links FINAL"
+        ).rows
+        assert links == [("anon", "u", "identify", corrected)]
+        # Migration 7 run again (a crash before it was recorded) changes nothing; the view it
+        # made again follows new rows.
+        for step in migrations(Layout("tracker"))[6][2]:
+            step(wh) if callable(step) else wh.command(step)
+        assert wh.query("SELECT count() FROM tracker.touchpoints").rows == [(1,)]
+        wh.insert("touchpoints", [["m2", "alias", "", "", "u2", "anon2", "", "web", "site",
+                                   corrected, device, device, device, "{}", "{}", "{}", 0, 1]],
+                  TOUCHPOINT_COLUMNS)  # fmt: skip
+        links = wh.query("SELECT from_id, user_id FROM tracker.identity_links FINAL "
+                         "ORDER BY from_id").rows  # fmt: skip
+        assert links == [("anon", "u"), ("anon2", "u2")]
+        # The cluster variant is valid ClickHouse SQL (parsed here; no cluster runs), also what
+        # migration 7 runs on a cluster whose touchpoints have the first shape.
         cluster = Layout("tracker", cluster="prod", ttl_days=30, aggregate_ttl_days=400)
         for _, _, group in migrations(cluster):
-            for statement in group:
-                assert wh.query(f"EXPLAIN AST {statement}").rows
+            for step in group:
+                for statement in [step] if isinstance(step, str) else _statements_of(step):
+                    assert wh.query(f"EXPLAIN AST {statement}").rows, statement
     finally:
         wh.close()
+
+
+def _statements_of(step: Any) -> list[str]:
+    """The statements a migration step runs against touchpoints of the first shape (recorded,
+    not run: they are for a cluster)."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.statements: list[str] = []
+
+        def query(self, sql: str) -> Any:
+            rows = [("event_time",)] if "system.columns" in sql else [(1_767_225_600_000,)]
+            return type("Result", (), {"rows": rows})()
+
+        def command(self, sql: str) -> None:
+            self.statements.append(sql)
+
+    recorder = Recorder()
+    step(recorder)
+    assert any(
+        s.startswith("EXCHANGE TABLES tracker.touchpoints_local") for s in recorder.statements
+    )
+    return recorder.statements

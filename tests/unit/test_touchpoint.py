@@ -113,3 +113,58 @@ def test_invalid_messages_are_named(fields: dict[str, object], expected: str) ->
     with pytest.raises(ValidationError) as info:
         SegmentMessage.model_validate(fields)
     assert expected in describe_errors(info.value)
+
+
+def _record(**fields: object) -> dict[str, object]:
+    msg = SegmentMessage.model_validate({"messageId": "m", **fields})
+    return to_record(msg, source="s", received_at_ms=50_000)
+
+
+def test_empty_ids_are_absent() -> None:
+    # RudderStack's browser SDK sends "userId": "" for a visitor who has not logged in.
+    record = _record(type="page", userId="", anonymousId="a1", previousId="", groupId="")
+    assert (record["user_id"], record["anonymous_id"], record["previous_id"]) == ("", "a1", "")
+    with pytest.raises(ValidationError, match="userId or anonymousId is required"):
+        SegmentMessage.model_validate(
+            {"type": "page", "messageId": "m", "userId": "", "anonymousId": ""}
+        )
+    with pytest.raises(ValidationError, match="group needs a groupId"):
+        SegmentMessage.model_validate(
+            {"type": "group", "messageId": "m", "userId": "u", "groupId": ""}
+        )
+
+
+def test_original_timestamp_is_the_device_time_when_there_is_no_timestamp() -> None:
+    # The device stamped it at 10 s and sent it at 12 s by its clock; received at 50 s.
+    rudder = _record(
+        type="track",
+        event="E",
+        anonymousId="a",
+        originalTimestamp="1970-01-01T00:00:10Z",
+        sentAt="1970-01-01T00:00:12Z",
+    )
+    assert (rudder["timestamp_ms"], rudder["event_time_ms"]) == (10_000, 48_000)
+    # Both given: timestamp is the device time the sender means.
+    both = _record(
+        type="track",
+        event="E",
+        anonymousId="a",
+        timestamp="1970-01-01T00:00:11Z",
+        originalTimestamp="1970-01-01T00:00:10Z",
+        sentAt="1970-01-01T00:00:12Z",
+    )
+    assert (both["timestamp_ms"], both["event_time_ms"]) == (11_000, 49_000)
+
+
+def test_identify_traits_come_from_traits_or_context_traits() -> None:
+    rudder = _record(type="identify", userId="u", context={"traits": {"plan": "gold"}})
+    assert rudder["traits"] == {"plan": "gold"}
+    segment = _record(
+        type="identify", userId="u", traits={"plan": "silver"}, context={"traits": {"x": 1}}
+    )
+    assert segment["traits"] == {"plan": "silver"}
+    # Other types keep their own traits: a track's context.traits describe the user, not it.
+    track = _record(type="track", event="E", userId="u", context={"traits": {"plan": "gold"}})
+    assert track["traits"] == {}
+    odd = _record(type="identify", userId="u", context={"traits": ["not", "an", "object"]})
+    assert odd["traits"] == {}

@@ -33,10 +33,23 @@ from tracker.settings import Settings
 log = logging.getLogger(__name__)
 
 SINGLE_TYPES = ("track", "page", "screen", "identify", "alias", "group")
+# Where a batch may be posted: ours and Segment's, Segment's analytics.js 2.0 short form, and
+# RudderStack's sendBeacon path (write key in the query string).
+BATCH_PATHS = ("/v1/batch", "/v1/b", "/beacon/v1/batch")
+# analytics.js 2.0 posts its own telemetry here: answered, counted and dropped.
+SDK_METRICS_PATH = "/v1/m"
 UNKNOWN_SOURCE = "unknown"  # the metrics label for requests no source could be found for
+# The request headers a preflight allows: the ones browser SDKs send besides the simple ones,
+# ours and RudderStack's (the visitor and send time, and what it says about a retried or
+# recovered request). The list is fixed, never an echo of what the preflight asks for.
+ALLOWED_REQUEST_HEADERS = (
+    "Authorization", "Content-Type", "Content-Encoding", "X-Request-Id",
+    "AnonymousId", "SentAt", "Rsa-Recovered", "Rsa-Retry-Attempt", "Rsa-Since-Last-Attempt",
+    "Rsa-Since-First-Attempt", "Rsa-Retry-Reason",
+)  # fmt: skip
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Request-Id",
+    "Access-Control-Allow-Headers": ", ".join(ALLOWED_REQUEST_HEADERS),
     "Access-Control-Max-Age": "600",
     # Browser senders read Retry-After to back off on 429 and 503.
     "Access-Control-Expose-Headers": "Retry-After, X-Request-Id",
@@ -65,10 +78,15 @@ class Collector:
     def build(self) -> web.Application:
         # Bodies may be compressed: the raw limit is the batch limit; decode_body bounds the rest.
         app = web.Application(client_max_size=self.settings.max_batch_bytes)
-        app.router.add_post("/v1/batch", self.handle_batch)
+        for path in BATCH_PATHS:
+            app.router.add_post(path, self.handle_batch)
         for kind in SINGLE_TYPES:
-            app.router.add_post(f"/v1/{kind}", self._single(kind))
+            handler = self._single(kind)
+            app.router.add_post(f"/v1/{kind}", handler)
+            app.router.add_post(f"/v1/{kind[0]}", handler)  # analytics.js 2.0: /v1/t, /v1/p, ...
+        app.router.add_post(SDK_METRICS_PATH, self.handle_sdk_metrics)
         app.router.add_route("OPTIONS", "/v1/{kind}", self.handle_preflight)
+        app.router.add_route("OPTIONS", "/beacon/v1/batch", self.handle_preflight)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/health/live", self.handle_live)
         app.router.add_get("/metrics", self.handle_metrics)
@@ -81,7 +99,7 @@ class Collector:
         origin = request.headers.get("Origin")
         if (
             origin
-            and request.path.startswith("/v1/")
+            and request.path.startswith(("/v1/", "/beacon/"))
             and self.sources.origin_allowed_anywhere(origin)
         ):
             response.headers["Access-Control-Allow-Origin"] = origin
@@ -91,8 +109,15 @@ class Collector:
     async def handle_preflight(self, request: web.Request) -> web.Response:
         origin = request.headers.get("Origin", "")
         if not self.sources.origin_allowed_anywhere(origin):
+            self.metrics.preflights_refused.inc()
             return _error(403, "origin_not_allowed", f"origin {origin!r} may not send events")
         return web.Response(status=204)
+
+    async def handle_sdk_metrics(self, request: web.Request) -> web.Response:
+        """An SDK's report about itself: not a touchpoint. Answered so it is not retried."""
+        await request.read()  # bounded by client_max_size
+        self.metrics.sdk_reports_dropped.inc()
+        return _json(200, {"success": True})
 
     async def handle_openapi(self, request: web.Request) -> web.Response:
         return _json(200, OPENAPI)
@@ -133,9 +158,15 @@ class Collector:
     async def _ingest_inner(
         self, request: web.Request, single_type: str | None, request_id: str
     ) -> web.Response:
-        header_key = basic_auth_user(request.headers.get("Authorization", ""))
-        source = self.sources.for_key(header_key) if header_key else None
-        if header_key and source is None:
+        # The write key: the Basic username, else ?writeKey= (a beacon cannot set headers), else
+        # the body's writeKey (read below).
+        given_key = (
+            basic_auth_user(request.headers.get("Authorization", ""))
+            or request.query.get("writeKey")
+            or None
+        )
+        source = self.sources.for_key(given_key) if given_key else None
+        if given_key and source is None:
             return self._unauthorized()
         label = source.name if source else UNKNOWN_SOURCE
         try:

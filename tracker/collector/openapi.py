@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 KINDS = ("track", "page", "screen", "identify", "alias", "group")
-_ID = {"type": ["string", "null"], "minLength": 1, "maxLength": 256}
+# An empty id is taken as absent, as RudderStack's browser SDK sends it.
+_ID = {"type": ["string", "null"], "maxLength": 256}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _FIELDS: dict[str, Any] = {
     "messageId": {"type": "string", "minLength": 1, "maxLength": 128},
@@ -20,13 +21,15 @@ _FIELDS: dict[str, Any] = {
     "traits": {"type": "object"},
     "context": {"type": "object"},
     "timestamp": _TIME,
+    "originalTimestamp": _TIME,  # the device time when there is no timestamp
     "sentAt": _TIME,
 }
 
 
 def _given(*names: str) -> dict[str, Any]:
     """These fields present, as non-empty strings."""
-    return {"required": list(names), "properties": {n: {"type": "string"} for n in names}}
+    given = {"type": "string", "minLength": 1}
+    return {"required": list(names), "properties": {n: given for n in names}}
 
 
 # What each type needs besides a messageId (the collector checks the same, message by message).
@@ -84,14 +87,40 @@ def _responses() -> dict[str, Any]:
     }
 
 
-def _op(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
+def _op(summary: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
             "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "responses": _responses(),
+            **extra,
         }
     }
+
+
+_WRITE_KEY_QUERY = {
+    "name": "writeKey",
+    "in": "query",
+    "required": False,
+    "description": "The source's write key, for senders that cannot set headers (sendBeacon).",
+    "schema": {"type": "string"},
+}
+
+_SDK_REPORT = {
+    "post": {
+        "summary": "An SDK's report about itself (analytics.js 2.0): answered and dropped",
+        "requestBody": {"content": {"application/json": {"schema": {}}}},
+        "responses": {
+            "200": {
+                "description": "Dropped; counted in tracker_collector_sdk_reports_dropped_total.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
+                },
+            },
+            "413": {"description": "The body is too large."},
+        },
+    }
+}
 
 
 _BATCH = {
@@ -142,9 +171,22 @@ OPENAPI: dict[str, Any] = {
     "security": [{"writeKey": []}, {}],
     "paths": {
         "/v1/batch": _op("Send a batch of messages", _BATCH),
+        "/v1/b": _op("Send a batch of messages (analytics.js 2.0's path)", _BATCH),
+        "/beacon/v1/batch": _op(
+            "Send a batch of messages by sendBeacon (RudderStack's path)",
+            _BATCH,
+            parameters=[_WRITE_KEY_QUERY],
+        ),
         **{
             f"/v1/{kind}": _op(f"Send one {kind} message", _message(kind, typed=False))
             for kind in KINDS
         },
+        **{
+            f"/v1/{kind[0]}": _op(
+                f"Send one {kind} message (analytics.js 2.0's path)", _message(kind, typed=False)
+            )
+            for kind in KINDS
+        },
+        "/v1/m": _SDK_REPORT,
     },
 }

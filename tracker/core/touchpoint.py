@@ -17,6 +17,7 @@ MessageType = Literal["track", "page", "screen", "identify", "alias", "group"]
 _DEFAULT_CHANNEL = {"page": "web", "screen": "app"}
 
 Id = Field(default=None, min_length=1, max_length=256)
+_IDS = ("anonymousId", "userId", "previousId", "groupId")
 
 
 class SegmentMessage(BaseModel):
@@ -36,18 +37,23 @@ class SegmentMessage(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime | None = None
+    timestamp: datetime | None = None  # when it happened, by the device's clock
+    originalTimestamp: datetime | None = None  # the same, as RudderStack's SDKs name it
     sentAt: datetime | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _ids_are_strings(cls, data: Any) -> Any:
         # Reject numbers and booleans where ids belong instead of silently stringifying them.
-        if isinstance(data, dict):
-            for key in ("messageId", "anonymousId", "userId", "previousId", "groupId", "event"):
-                value = data.get(key)
-                if value is not None and not isinstance(value, str):
-                    raise ValueError(f"{key} must be a string, got {type(value).__name__}")
+        if not isinstance(data, dict):
+            return data
+        for key in ("messageId", *_IDS, "event"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key} must be a string, got {type(value).__name__}")
+        # An empty id is no id: RudderStack's browser SDK sends "userId": "" for visitors.
+        if any(data.get(key) == "" for key in _IDS):
+            data = {**data, **{key: None for key in _IDS if data.get(key) == ""}}
         return data
 
     @model_validator(mode="after")
@@ -83,9 +89,18 @@ def event_time_ms(timestamp_ms: int | None, sent_at_ms: int | None, received_at_
     return received_at_ms - (sent_at_ms - timestamp_ms)
 
 
+def _traits(msg: SegmentMessage) -> dict[str, Any]:
+    """The message's traits; an identify's may come in ``context.traits`` (RudderStack's SDKs)."""
+    if msg.traits or msg.type != "identify":
+        return msg.traits
+    given = msg.context.get("traits")
+    return given if isinstance(given, dict) else {}
+
+
 def to_record(msg: SegmentMessage, *, source: str, received_at_ms: int) -> dict[str, Any]:
     """Normalise a validated message into the record that goes to Kafka and ClickHouse."""
-    timestamp = _ms(msg.timestamp) if msg.timestamp else None
+    device_time = msg.timestamp or msg.originalTimestamp
+    timestamp = _ms(device_time) if device_time else None
     sent_at = _ms(msg.sentAt) if msg.sentAt else None
     channel = (
         msg.channel
@@ -109,7 +124,7 @@ def to_record(msg: SegmentMessage, *, source: str, received_at_ms: int) -> dict[
         "received_at_ms": received_at_ms,
         "event_time_ms": event_time_ms(timestamp, sent_at, received_at_ms),
         "properties": msg.properties,
-        "traits": msg.traits,
+        "traits": _traits(msg),
         "context": msg.context,
     }
 

@@ -153,18 +153,18 @@ PATHS = Query(
     round(quantile(0.5)(seconds), 1) AS median_seconds
 FROM (
     SELECT customer, step AS to_step, lagInFrame(step) OVER w AS from_step,
-        dateDiff('millisecond', lagInFrame(event_time) OVER w, event_time) / 1000 AS seconds,
+        dateDiff('millisecond', lagInFrame(timestamp) OVER w, timestamp) / 1000 AS seconds,
         row_number() OVER w AS n
     FROM (
         SELECT if(t.user_id != '', t.user_id,
                   if(m.current_user_id != '', m.current_user_id, t.anonymous_id)) AS customer,
             concat(t.channel, ':', if(t.type = 'track', t.event, t.type)) AS step,
-            t.event_time AS event_time, t.message_id AS message_id
+            t.timestamp AS timestamp, t.message_id AS message_id
         FROM {db:Identifier}.touchpoints AS t FINAL
         LEFT JOIN {db:Identifier}.identity_map AS m ON m.from_id = t.anonymous_id
-        WHERE t.event_time >= {since:DateTime}
+        WHERE t.timestamp >= {since:DateTime}
     )
-    WINDOW w AS (PARTITION BY customer ORDER BY event_time, message_id
+    WINDOW w AS (PARTITION BY customer ORDER BY timestamp, message_id
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
 WHERE n > 1
@@ -186,7 +186,7 @@ CUSTOMER_TIMELINE = Query(
     arrayDistinct(arrayConcat([{customer:String}], users, members)) AS ids
 SELECT at, what, detail, channel, source, id
 FROM (
-    SELECT event_time AS at, 'touchpoint' AS what,
+    SELECT timestamp AS at, 'touchpoint' AS what,
         if(type = 'track', event, type) AS detail, channel, source,
         if(user_id != '', user_id, anonymous_id) AS id, message_id AS tie
     FROM {db:Identifier}.touchpoints FINAL

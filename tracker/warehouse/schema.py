@@ -13,7 +13,8 @@ docs/warehouse.md explains the tables, their keys and the analyst queries that r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from tracker.settings import Settings
 from tracker.warehouse.client import Warehouse
@@ -106,7 +107,10 @@ def view(layout: Layout, name: str, select: str) -> str:
 
 # Raw touchpoints, one row per message id. At-least-once delivery can write a message twice:
 # ReplacingMergeTree keeps one row per sorting key, and the sorting key is made of fields a
-# sender fixes when it creates the message (its timestamp and id), so retries collapse.
+# sender fixes when it creates the message (its own clock's time and its id), so retries
+# collapse. The columns are named as Segment's and RudderStack's warehouses name them:
+# `timestamp` is when it happened, corrected for the device's clock skew; `original_timestamp`
+# is the device's own time, which keys, partitions and expires the rows.
 TOUCHPOINTS = Table(
     "touchpoints",
     """    message_id      String,
@@ -119,9 +123,9 @@ TOUCHPOINTS = Table(
     channel         LowCardinality(String),
     source          LowCardinality(String),
     timestamp       DateTime64(3, 'UTC'),
+    original_timestamp DateTime64(3, 'UTC'),
     sent_at         DateTime64(3, 'UTC'),
     received_at     DateTime64(3, 'UTC'),
-    event_time      DateTime64(3, 'UTC'),
     properties      String,
     traits          String,
     context         String,
@@ -129,11 +133,34 @@ TOUCHPOINTS = Table(
     kafka_offset    UInt64,
     inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3)""",
     "ReplacingMergeTree(inserted_at)",
-    "toDate(timestamp), message_id",
-    partition_by="toYYYYMM(timestamp)",
-    ttl_column="toDateTime(timestamp)",
+    "toDate(original_timestamp), message_id",
+    partition_by="toYYYYMM(original_timestamp)",
+    ttl_column="toDateTime(original_timestamp)",
     shard_key="cityHash64(message_id)",
 )
+
+# The first shape (migration 1): `timestamp` was the device's time and `event_time` the corrected
+# one. Migration 7 copies such a table into the shape above.
+_TOUCHPOINTS_V1 = replace(
+    TOUCHPOINTS,
+    columns=TOUCHPOINTS.columns.replace(
+        "    timestamp       DateTime64(3, 'UTC'),\n    original_timestamp DateTime64(3, 'UTC'),\n"
+        "    sent_at         DateTime64(3, 'UTC'),\n    received_at     DateTime64(3, 'UTC'),\n",
+        "    timestamp       DateTime64(3, 'UTC'),\n    sent_at         DateTime64(3, 'UTC'),\n"
+        "    received_at     DateTime64(3, 'UTC'),\n    event_time      DateTime64(3, 'UTC'),\n",
+    ),
+    order_by="toDate(timestamp), message_id",
+    partition_by="toYYYYMM(timestamp)",
+    ttl_column="toDateTime(timestamp)",
+)
+# Its columns, and where each comes from in it, for the copy.
+_V1_TO_V7 = {
+    **{c: c for c in ("message_id", "type", "event", "anonymous_id", "user_id", "previous_id",
+                      "group_id", "channel", "source", "sent_at", "received_at", "properties",
+                      "traits", "context", "kafka_partition", "kafka_offset", "inserted_at")},
+    "timestamp": "event_time",
+    "original_timestamp": "timestamp",
+}  # fmt: skip
 
 _RESULT_FIELDS = """    journey         LowCardinality(String),
     kind            LowCardinality(String),
@@ -211,12 +238,14 @@ IDENTITY_LINKS = Table(
 
 # identify: anonymousId -> userId; alias: previousId -> userId; any message carrying both an
 # anonymousId and a userId links them too (the rules of docs/journeys.md).
-_LINKS_SELECT = """SELECT from_id, user_id, type AS via, event_time AS linked_at, message_id,
+_LINKS_SELECT = """SELECT from_id, user_id, type AS via, timestamp AS linked_at, message_id,
     channel, source
 FROM {source}
 ARRAY JOIN arrayDistinct(arrayFilter(x -> x != '' AND x != user_id,
     [anonymous_id, if(type = 'alias', previous_id, '')])) AS from_id
 WHERE user_id != ''"""
+# The same over the first shape of touchpoints (migration 3).
+_LINKS_SELECT_V1 = _LINKS_SELECT.replace("timestamp AS linked_at", "event_time AS linked_at")
 
 # Hourly funnel counts per journey, result kind, stage and channel, by the hour the journey
 # instance started (a cohort: later corrections land in the hour of the instance they correct).
@@ -291,12 +320,16 @@ FROM {db}.identity_links FINAL
 GROUP BY from_id"""
 
 
-def migrations(layout: Layout) -> list[tuple[int, str, list[str]]]:
-    """Every migration in order, as statements for ``layout``."""
+# A migration step: a statement, or a function of the warehouse for one that must look first.
+Step = str | Callable[[Warehouse], None]
+
+
+def migrations(layout: Layout) -> list[tuple[int, str, list[Step]]]:
+    """Every migration in order, as steps for ``layout``."""
     db = layout.database
-    links_backfill = _LINKS_SELECT.format(source=f"{db}.touchpoints")
+    links_backfill = _LINKS_SELECT_V1.format(source=f"{db}.touchpoints")
     return [
-        (1, "touchpoints", TOUCHPOINTS.ddl(layout)),
+        (1, "touchpoints", list(_TOUCHPOINTS_V1.ddl(layout))),
         (2, "journey_results", JOURNEY_RESULTS.ddl(layout)),
         (
             3,
@@ -304,7 +337,7 @@ def migrations(layout: Layout) -> list[tuple[int, str, list[str]]]:
             [
                 *IDENTITY_LINKS.ddl(layout),
                 materialized_view(
-                    layout, "identity_links_mv", "identity_links", "touchpoints", _LINKS_SELECT
+                    layout, "identity_links_mv", "identity_links", "touchpoints", _LINKS_SELECT_V1
                 ),
                 # Links that arrived before the view existed; a row the view also wrote collapses.
                 f"INSERT INTO {db}.identity_links {links_backfill}",
@@ -336,7 +369,63 @@ def migrations(layout: Layout) -> list[tuple[int, str, list[str]]]:
                 view(layout, "conversions", _CONVERSIONS),
             ],
         ),
+        (7, "touchpoint_times_as_segment_names_them", _touchpoint_times(layout)),
     ]
+
+
+def _touchpoint_times(layout: Layout) -> list[Step]:
+    """Touchpoints of the first shape to the current one, keeping every row.
+
+    A key column cannot be renamed, so the rows are copied into a table of the new shape, which
+    then takes the old one's place. A worker of the previous version may still be writing while
+    this runs: rows it wrote during the copy are copied again after the swap (duplicates collapse
+    as retries do), and once swapped its writes fail and are retried, never lost. Every step can
+    run again after a crash: the copy happens only while the public table has the old shape.
+    """
+    db, on, suffix = layout.database, layout.on_cluster, "_local" if layout.cluster else ""
+    staged = replace(TOUCHPOINTS, name="touchpoints_reshaped")
+    names = ", ".join(_V1_TO_V7)
+    # Qualified: in ClickHouse an alias shadows the column of the same name (timestamp).
+    sources = ", ".join(f"old.{source} AS {name}" for name, source in _V1_TO_V7.items())
+
+    def drop_staged() -> list[str]:
+        tables = ["touchpoints_reshaped", *(["touchpoints_reshaped_local"] if suffix else [])]
+        return [f"DROP TABLE IF EXISTS {db}.{t}{on} SYNC" for t in tables]
+
+    def copy(warehouse: Warehouse) -> None:
+        columns = warehouse.query(
+            f"SELECT name FROM system.columns WHERE database = '{db}' "
+            f"AND table = 'touchpoints{suffix}'"
+        ).rows
+        if ("event_time",) not in columns:
+            return  # already of the current shape
+        run = warehouse.command
+        for statement in [*drop_staged(), *staged.ddl(layout)]:
+            run(statement)
+        (started_ms,) = warehouse.query("SELECT toUnixTimestamp64Milli(now64(3))").rows[0]
+        run(f"INSERT INTO {db}.touchpoints_reshaped ({names}) SELECT {sources} "
+            f"FROM {db}.touchpoints AS old")  # fmt: skip
+        run(f"EXCHANGE TABLES {db}.touchpoints{suffix} AND {db}.touchpoints_reshaped{suffix}{on}")
+        old_rows = f"{db}.touchpoints_reshaped"
+        if layout.cluster:  # the Distributed table is made again over the exchanged local ones
+            run(f"DROP TABLE IF EXISTS {db}.touchpoints{on} SYNC")
+            run(TOUCHPOINTS.ddl(layout)[1])
+            old_rows = f"cluster('{layout.cluster}', {db}, touchpoints_reshaped_local)"
+        # What the previous version wrote meanwhile: the copy's overlap collapses.
+        since = f"fromUnixTimestamp64Milli(toInt64({int(started_ms) - 60_000}))"
+        run(f"INSERT INTO {db}.touchpoints ({names}) SELECT {sources} FROM {old_rows} AS old "
+            f"WHERE old.inserted_at >= {since}")  # fmt: skip
+
+    return [
+        # The identity view reads the old column: it is made again below, and what arrived
+        # between is backfilled (a link written twice collapses).
+        f"DROP VIEW IF EXISTS {db}.identity_links_mv{on}",
+        copy,
+        *drop_staged(),
+        materialized_view(layout, "identity_links_mv", "identity_links", "touchpoints",
+                          _LINKS_SELECT),
+        f"INSERT INTO {db}.identity_links {_LINKS_SELECT.format(source=f'{db}.touchpoints')}",
+    ]  # fmt: skip
 
 
 def _ledger(layout: Layout) -> list[str]:
@@ -365,8 +454,11 @@ def migrate(warehouse: Warehouse, layout: Layout | None = None) -> int:
     for version, name, statements in steps:
         if version in applied:
             continue
-        for statement in statements:
-            warehouse.command(statement)
+        for step in statements:
+            if callable(step):
+                step(warehouse)
+            else:
+                warehouse.command(step)
         warehouse.insert("schema_migrations", [(version, name)], ["version", "name"])
         log.info("event=migration_applied version=%d name=%s", version, name)
     _retention(warehouse, layout)
