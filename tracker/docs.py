@@ -62,6 +62,14 @@ SETTINGS: dict[str, dict[str, str]] = {
         "`X-Forwarded-For`; `0` ignores the header",
         "collector_event_loop": "`uvloop`, or `asyncio` (the standard loop; also used where "
         "uvloop is not installed)",
+        "collector_header_timeout": "seconds a request's headers may take from their first byte; "
+        "then the connection is closed",
+        "collector_body_timeout": "seconds a request's body may take after its headers; then "
+        "`408 body_timeout`",
+        "collector_keepalive_timeout": "seconds an idle keep-alive connection stays open (longer "
+        "than a load balancer's idle timeout)",
+        "collector_max_connections": "open connections at most (lowered at start to fit the "
+        "open-file limit); at the bound a new client replaces the oldest one waiting for headers",
     },
     "Worker": {
         "app_id": "Faust app id = Kafka consumer group; workers with the same id share partitions",
@@ -80,6 +88,8 @@ SETTINGS: dict[str, dict[str, str]] = {
         "invalid)",
         "allowed_lateness": "touchpoints later than this are stored raw but left out of journeys",
         "timer_interval": "seconds between checks for due drop-off deadlines (at most 1)",
+        "max_users_per_device": "a device (anonymousId) linked to more userIds than this is shared "
+        "(a kiosk): its anonymous touchpoints stay its own customer (docs/journeys.md, rule 1)",
     },
 }
 
