@@ -353,9 +353,11 @@ class JourneyAgents:
         now = now_ms()
         async with self.lock:
             if self.timers_stale:
-                self._rebuild_timers(now)
+                self._rebuild_timers()
+            # At most a batch's worth per tick: after an outage every customer may be due at once.
             due: set[str] = set()
-            while self.timers and self.timers[0][0] < now:
+            most = self.settings.sink_max_rows
+            while self.timers and self.timers[0][0] < now and len(due) < most:
                 due.add(heapq.heappop(self.timers)[1])
             for key in sorted(due):
                 if not self._is_ours(key):
@@ -365,7 +367,9 @@ class JourneyAgents:
                     self._settle(state, now)
             await self._commit()
 
-    def _rebuild_timers(self, now: int) -> None:
+    def _rebuild_timers(self) -> None:
+        """A timer for every customer of ours with a drop-off not emitted yet, including those
+        whose deadline passed while nobody owned their partition: they are due at once."""
         self.timers = []
         self.journey_metrics.reset()
         for raw in self.customers.values():
@@ -378,7 +382,7 @@ class JourneyAgents:
             if not self._is_ours(state.customer):
                 continue
             self.journey_metrics.add_state(state)
-            deadline = self.engine.next_deadline(state, now)
+            deadline = self.engine.next_deadline(state)
             if deadline is not None:
                 self.timers.append((deadline, state.customer))
         heapq.heapify(self.timers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.integration.processes import Process, post, query, wait_until
+from tests.integration.topics import uncommitted
 from tracker.kafka.broker import EmbeddedKafka
 from tracker.settings import Settings
 
@@ -34,6 +35,12 @@ journeys:
     stages:
       - {name: start, match: {event: Quick Start}, timeout: 2s}
       - {name: done, match: {event: Quick Done}}
+  - name: gap
+    window: 1h
+    stages:
+      - {name: start, match: {event: Gap Start}, timeout: 15s}
+      - {name: middle, match: {event: Gap Middle}, timeout: 15s}
+      - {name: end, match: {event: Gap End}}
 """
 RESULTS = (
     "SELECT journey, kind, customer, stage, level, channel, pain, "
@@ -93,6 +100,17 @@ def send(collector: Process, *messages: dict[str, Any]) -> None:
 def results(worker: Process, customer_prefix: str) -> list[dict[str, Any]]:
     rows = query(worker.url, RESULTS)
     return [r for r in rows if r["customer"].startswith(customer_prefix)]
+
+
+def wait_for_rows(rows: Callable[[], list[Any]], expected: list[Any], *, what: str) -> None:
+    """Wait until ``rows()`` is ``expected``; on a timeout, print what is missing and extra."""
+    try:
+        wait_until(lambda: rows() == expected, timeout=60, what=what)
+    except AssertionError:
+        got = rows()
+        print("missing:", sorted(set(expected) - set(got)))
+        print("extra:", sorted(set(got) - set(expected)))
+        raise
 
 
 def test_phone_laptop_and_store_become_one_journey_and_a_late_link_corrects(
@@ -176,6 +194,76 @@ def test_killing_and_restarting_the_worker_changes_no_result(
     assert [(r["kind"], r["stage"]) for r in after[2:]] == [
         ("stage", "checkout"), ("conversion", ""), ("stage", "purchase"),
     ]  # fmt: skip
+
+
+def test_deadlines_that_pass_while_the_worker_is_down_give_every_drop_off_at_its_time(
+    journey_settings: Settings, kafka: EmbeddedKafka, collector: Process, start_worker: Any,
+    unique: str,
+) -> None:  # fmt: skip
+    """The worker is killed with deadlines pending and stays down until they have passed; some
+    customers move on in the gap, one in time and one too late. After the restart every drop-off
+    is there, at its deadline, and the results are those of a run without the crash."""
+    worker = start_worker()
+    t0 = int(time.time() * 1000)
+    g = 15_000  # the gap journey's stage timeouts
+
+    def people(kind: str) -> list[str]:
+        return [f"{unique}-{kind}{i}" for i in range(3)]
+
+    def start(c: str) -> dict[str, Any]:
+        return msg(f"{c}-1", t0, "Gap Start", anonymousId=c)
+
+    def middle(c: str, at: int) -> dict[str, Any]:
+        return msg(f"{c}-2", at, "Gap Middle", anonymousId=c)
+
+    stay, middle_only, done = people("stay"), people("mid"), people("done")
+    in_time, too_late = people("intime"), people("late")
+    for c in stay + in_time + too_late:
+        send(collector, start(c))
+    for c in middle_only:
+        send(collector, start(c), middle(c, t0 + 1000))
+    for c in done:
+        send(collector, start(c), middle(c, t0 + 1000), msg(f"{c}-3", t0 + 2000, "Gap End",
+                                                            anonymousId=c))  # fmt: skip
+
+    def held() -> list[tuple[str, str, str, int]]:
+        rows = [r for r in results(worker, unique) if r["journey"] == "gap"]
+        return sorted((r["customer"], r["kind"], r["stage"], r["at"] - t0) for r in rows)
+
+    entered = 3 * (1 + 2 + 4 + 1 + 1)  # stage entries (and conversions) before the crash
+    wait_until(lambda: len([h for h in held() if h[1] != "dropoff"]) == entered, timeout=g / 1000,
+               what="every stage entry")  # fmt: skip
+    # Committed, so that the restarted worker does not read these touchpoints again (which
+    # would settle them anew): it has only the stored states to find the deadlines from.
+    group, topic = journey_settings.app_id, journey_settings.topic_touchpoints
+    wait_until(lambda: uncommitted(kafka.bootstrap, group, topic) == 0, timeout=30,
+               what="the touchpoints' offsets committed")  # fmt: skip
+    assert int(time.time() * 1000) < t0 + g, "too slow to crash before the deadlines"
+    assert not [h for h in held() if h[1] == "dropoff"]
+    worker.kill()
+
+    for c in in_time:  # moved on before the deadline, arrives while no worker runs
+        send(collector, middle(c, t0 + 3000))
+    wait_until(lambda: time.time() * 1000 > t0 + g + 1500, timeout=g / 1000 + 5,
+               what="the deadlines to pass")  # fmt: skip
+    late_at = int(time.time() * 1000)
+    for c in too_late:  # moved on after the deadline: a drop-off, then a recovery
+        send(collector, middle(c, late_at))
+    worker = start_worker()
+
+    L = late_at - t0
+    expected = sorted(
+        [(c, "stage", "start", 0) for c in stay + middle_only + done + in_time + too_late]
+        + [(c, "dropoff", "start", g) for c in stay + too_late]
+        + [(c, "stage", "middle", 1000) for c in middle_only + done]
+        + [(c, "dropoff", "middle", 1000 + g) for c in middle_only]
+        + [(c, k, s, 2000) for c in done for k, s in (("stage", "end"), ("conversion", ""))]
+        + [(c, k, "middle", a) for c in in_time
+           for k, a in (("stage", 3000), ("dropoff", 3000 + g))]
+        + [(c, k, s, a) for c in too_late for k, s, a in (
+            ("recovery", "start", L), ("stage", "middle", L), ("dropoff", "middle", L + g))]
+    )  # fmt: skip
+    wait_for_rows(held, expected, what="every drop-off at its deadline")
 
 
 def test_a_customer_key_that_comes_back_has_its_results_again(
@@ -266,13 +354,7 @@ def test_two_workers_share_the_partitions_and_stitch_across_them(
             + [(c, k, s) for c in customers[::2] for k, s in (("stage", "purchase"),
                                                                 ("conversion", ""))]
         )  # fmt: skip
-        try:
-            wait_until(lambda: union() == expected, timeout=60, what="every journey once")
-        except AssertionError:
-            got = union()
-            print("missing:", sorted(set(expected) - set(got)))
-            print("extra:", sorted(set(got) - set(expected)))
-            raise
+        wait_for_rows(union, expected, what="every journey once")
         assert all(results(w, unique) for w in workers), "both workers hold some customers"
     finally:
         for w in workers:

@@ -216,8 +216,26 @@ def test_retract_all_withdraws_exactly_what_was_emitted() -> None:
 def test_next_deadline_is_the_open_stage_timeout() -> None:
     state, e = CustomerState("c1"), engine()
     e.add(state, [tp(0, "Product Viewed"), tp(1, "Product Added")])
-    assert e.next_deadline(state, now=2 * MIN) == 6 * MIN
-    assert e.next_deadline(state, now=7 * MIN) is None  # dropped; nothing else can come due
+    e.settle(state, 2 * MIN)
+    assert e.next_deadline(state) == 6 * MIN
+    e.settle(state, 7 * MIN)
+    assert e.next_deadline(state) is None  # dropped; nothing else can come due
+
+
+def test_a_deadline_that_passed_unwatched_is_due_and_settles_with_its_true_time() -> None:
+    """A worker settled the customer at minute 2 and went down; the cart deadline (minute 6)
+    passed while nobody owned the customer. Found at minute 40, it is due at once, and the
+    drop-off comes out as it would have on time, at minute 6."""
+    state, e = CustomerState("c1"), engine()
+    pv, pa = tp(0, "Product Viewed"), tp(1, "Product Added")
+    e.add(state, [pv, pa])
+    e.settle(state, 2 * MIN)
+    assert e.next_deadline(state) == 6 * MIN  # in the past at minute 40: due at once
+    changes = e.settle(state, 40 * MIN)
+    drops = [r for sign, r in changes if sign > 0 and isinstance(r, DropOff)]
+    assert [(d.stage, d.entered_at, d.at) for d in drops] == [("cart", 1 * MIN, 6 * MIN)]
+    assert state.emitted == Counter(run([pv, pa], 7))  # what an on-time timer emitted
+    assert e.next_deadline(state) is None
 
 
 @pytest.mark.parametrize("timeout", ["0s", "-5m", "soon", True])

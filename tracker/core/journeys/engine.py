@@ -224,22 +224,6 @@ def evaluate_with_deadline(
     return out, None
 
 
-def next_deadline(
-    journey: Journey, history: list[Touchpoint], now: int, base: int | None = None
-) -> int | None:
-    """The earliest drop-off deadline not yet passed at ``now``: when a timer must look again.
-
-    Evaluating as of the far future lists every drop-off the history leads to if nothing else
-    arrives; the first one at or after ``now`` is the next to come due.
-    """
-    due = [
-        r.at
-        for r in evaluate(journey, "", history, NEVER, base)
-        if isinstance(r, DropOff) and r.at >= now
-    ]
-    return min(due) if due else None
-
-
 @dataclass
 class CustomerState:
     """Everything the engine keeps for one customer."""
@@ -330,10 +314,19 @@ class JourneyEngine:
             state.version += 1
         return changes
 
-    def next_deadline(self, state: CustomerState, now: int) -> int | None:
-        deadlines = [
-            d
+    def next_deadline(self, state: CustomerState) -> int | None:
+        """The earliest drop-off deadline of ``state``'s history that ``state.emitted`` lacks:
+        when a timer must settle this customer, with no clock needed to find it.
+
+        It may lie in the past: a deadline that passed while no worker owned the customer (a
+        crash, a restart, a rebalance) is due at once, and settling it then emits the drop-off
+        with its true ``at``, as it would have been emitted on time. Evaluating as of the far
+        future lists every drop-off the history leads to if nothing else arrives.
+        """
+        due = [
+            r.at
             for j, base in zip(self.journeys, self.bases, strict=True)
-            if (d := next_deadline(j, state.history, now, base)) is not None
+            for r in evaluate(j, state.customer, state.history, NEVER, base)
+            if isinstance(r, DropOff) and r not in state.emitted
         ]
-        return min(deadlines) if deadlines else None
+        return min(due) if due else None
