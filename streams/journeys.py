@@ -196,7 +196,10 @@ class JourneyAgents:
     async def on_touchpoints(self, events: list[Any]) -> None:
         """Raw rows to the warehouse; each touchpoint to its customer's journeys."""
         now = now_ms()
-        rows: list[list[Any]] = []
+        # One row per messageId: of a message's copies in a batch the last one (the table keeps
+        # the copy inserted last; within one insert that choice is not ClickHouse's to make).
+        rows: dict[str, list[Any]] = {}
+        consumed = 0
         by_sender: list[tuple[str, list[Touchpoint]]] = []
         links: list[Link] = []
         late = 0
@@ -206,7 +209,8 @@ class JourneyAgents:
                 records = decode_records(message.value)
                 decoded = [(Touchpoint.from_record(r), link_of(r)) for r in records]
                 sender = message.key.decode()
-                rows.extend(touchpoint_row(r, message.partition, message.offset) for r in records)
+                own = [(r["message_id"], touchpoint_row(r, message.partition, message.offset))
+                       for r in records]  # fmt: skip
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.metrics.undecodable.inc()
                 log.warning(
@@ -214,6 +218,10 @@ class JourneyAgents:
                     message.partition, message.offset, exc,
                 )  # fmt: skip
                 continue
+            for message_id, row in own:
+                rows.pop(message_id, None)  # in the dict's order too, the last copy's place
+                rows[message_id] = row
+            consumed += len(own)
             tps = []
             for tp, link in decoded:
                 if link is not None:
@@ -226,11 +234,11 @@ class JourneyAgents:
             by_sender.append((sender, tps))
         if late:
             self.metrics.late_events.inc(late)
-        self.metrics.events_consumed.inc(len(rows))
+        self.metrics.events_consumed.inc(consumed)
         # The raw rows are written while the journeys are worked out: the insert runs in a
         # thread. The batch is acknowledged only after both, so a crash in between loses nothing
-        # (raw rows collapse by message id, and the journeys ignore messageIds they have seen).
-        raw = asyncio.ensure_future(self.touchpoint_sink.write(rows))
+        # (raw rows collapse by message id, and the journeys ignore copies they already hold).
+        raw = asyncio.ensure_future(self.touchpoint_sink.write(list(rows.values())))
         try:
             local: dict[str, list[Touchpoint]] = {}
             forward: dict[str, list[Touchpoint]] = {}

@@ -266,6 +266,36 @@ def test_deadlines_that_pass_while_the_worker_is_down_give_every_drop_off_at_its
     wait_for_rows(held, expected, what="every drop-off at its deadline")
 
 
+def test_a_retried_request_with_a_new_sent_at_gives_journeys_and_raw_rows_one_event_time(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    """A sender retries a request whose answer it lost, a minute later by its clock: the same
+    message with a new sentAt, so a different corrected event time. The journeys and the
+    touchpoints table keep the same copy, the one written last."""
+    worker = start_worker()
+    visitor = f"{unique}-v"
+    ts = int(time.time() * 1000) - 5_000
+    message = msg(f"{unique}-m", ts, "Product Viewed", anonymousId=visitor)
+    for sent_after in (1_000, 61_000):
+        body = {"batch": [message], "sentAt": iso(ts + sent_after)}
+        status, answer = post(f"{collector.url}/v1/batch", orjson.dumps(body))
+        assert status == 200, answer
+    raw_sql = (
+        "SELECT toUnixTimestamp64Milli(event_time) AS t, toUnixTimestamp64Milli(sent_at) AS sent "
+        f"FROM tracker.touchpoints WHERE message_id = '{unique}-m'"
+    )
+
+    def raw_and_journey() -> tuple[list[dict[str, Any]], list[int]] | None:
+        raw = query(worker.url, raw_sql)
+        stages = [r["at"] for r in results(worker, visitor) if r["kind"] == "stage"]
+        if raw and raw[0]["sent"] == ts + 61_000 and stages and stages[0] == raw[0]["t"]:
+            return raw, stages
+        return None
+
+    raw, stages = wait_until(raw_and_journey, timeout=30, what="the retried copy in both places")
+    assert len(raw) == 1 and stages == [raw[0]["t"]]
+
+
 def test_a_customer_key_that_comes_back_has_its_results_again(
     collector: Process, start_worker: Any, unique: str
 ) -> None:

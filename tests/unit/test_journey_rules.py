@@ -180,6 +180,21 @@ def test_duplicates_count_once() -> None:
     assert len(state.history) == 1
 
 
+def test_of_copies_with_different_event_times_the_last_to_arrive_is_kept() -> None:
+    """A retried request carries its messages again with a new sentAt, so the copy's corrected
+    event time differs; the copy that arrives last is kept, as in the touchpoints table."""
+    state, e = CustomerState("c1"), engine()
+    first, retried = tp(0, "Product Viewed", mid="x"), tp(0.5, "Product Viewed", mid="x")
+    e.add(state, [first])
+    e.settle(state, 1 * MIN)
+    assert e.add(state, [retried]) == 1
+    assert [(h.message_id, h.t) for h in state.history] == [("x", retried.t)]
+    changes = e.settle(state, 1 * MIN)
+    assert changes == [(-1, entered("browse", 1, first, first)),
+                       (1, entered("browse", 1, retried, retried))]  # fmt: skip
+    assert e.add(state, [retried]) == 0  # the same copy again (a re-delivery) changes nothing
+
+
 def test_late_data_is_recognised() -> None:
     e = engine()
     assert not e.is_late(tp(0, "Product Viewed"), now=60 * MIN)

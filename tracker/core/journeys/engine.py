@@ -267,11 +267,21 @@ class JourneyEngine:
         return tp.t < now - self.lateness_ms
 
     def add(self, state: CustomerState, tps: Iterable[Touchpoint]) -> int:
-        """Insert touchpoints in order; duplicates (same messageId) count once. Returns #added."""
+        """Insert touchpoints in order. Returns how many changed the history.
+
+        A messageId counts once, and of its copies the one that arrives last is kept: a sender
+        that retries a request sends the same messages with a new ``sentAt``, so the copies can
+        differ in event time, and the warehouse keeps the copy written last as well (see
+        docs/warehouse.md). A copy with the event time already held changes nothing.
+        """
         added = 0
         for tp in tps:
             if tp.message_id in state.seen:
-                continue
+                held = [i for i, h in enumerate(state.history) if h.message_id == tp.message_id]
+                if any(state.history[i].t == tp.t for i in held):
+                    continue
+                for i in reversed(held):
+                    del state.history[i]
             state.seen.add(tp.message_id)
             if tp.bits < 0:
                 tp = replace(tp, bits=self.signature(tp))
