@@ -62,6 +62,7 @@ from tracker.warehouse.sink import (
 log = logging.getLogger(__name__)
 
 SENT_LINKS_MAX = 100_000
+REBUILD_SLICE = 2_000  # customer states read between yields of a timer rebuild
 LINKS_PER_MESSAGE = 500  # about 60 bytes each: well under Kafka's message size limit
 
 
@@ -132,6 +133,7 @@ class JourneyAgents:
         self.lock = asyncio.Lock()
         self.timers: list[tuple[int, str]] = []
         self.timers_stale = True
+        self._generation = 0  # rebalances so far: a timer rebuild spanning one is stale
         # Partitions this worker owns now. The in-memory tables keep what they held for partitions
         # that moved to another worker; timers must only look at customers that are ours.
         self.active: set[int] = set()
@@ -166,10 +168,17 @@ class JourneyAgents:
             batchers.append(batcher)
             self.app.agent(topic, name=name)(batcher.consume)
 
-        @self.app.timer(min(s.timer_interval, s.sink_max_seconds / 2))
-        async def tick() -> None:
+        interval = min(s.timer_interval, s.sink_max_seconds / 2)
+
+        @self.app.timer(interval)
+        async def flush() -> None:
             for batcher in batchers:
                 await batcher.tick()
+
+        # A timer of its own: a timer rebuild after a restart reads every state held, and raw
+        # rows must not wait for it.
+        @self.app.timer(interval)
+        async def tick() -> None:
             await self.on_tick()
 
         @self.app.on_partitions_revoked.connect
@@ -189,6 +198,7 @@ class JourneyAgents:
         @self.app.on_rebalance_complete.connect
         async def rebalanced(app: Any, **kwargs: Any) -> None:
             self.timers_stale = True
+            self._generation += 1
             self.identities = None
 
     # -- touchpoints as they come from the collector ---------------------------------------------
@@ -360,8 +370,8 @@ class JourneyAgents:
             return
         now = now_ms()
         async with self.lock:
-            if self.timers_stale:
-                self._rebuild_timers()
+            if self.timers_stale and not await self._rebuild_timers():
+                return
             # At most a batch's worth per tick: after an outage every customer may be due at once.
             due: set[str] = set()
             most = self.settings.sink_max_rows
@@ -375,12 +385,22 @@ class JourneyAgents:
                     self._settle(state, now)
             await self._commit()
 
-    def _rebuild_timers(self) -> None:
+    async def _rebuild_timers(self) -> bool:
         """A timer for every customer of ours with a drop-off not emitted yet, including those
-        whose deadline passed while nobody owned their partition: they are due at once."""
+        whose deadline passed while nobody owned their partition: they are due at once.
+
+        This reads every state held, so it gives the loop back every few thousand: heartbeats
+        and raw-row writes go on meanwhile. A rebalance in between makes it give up (False);
+        the next tick starts again.
+        """
+        generation = self._generation
         self.timers = []
         self.journey_metrics.reset()
-        for raw in self.customers.values():
+        for i, raw in enumerate(self.customers.values()):
+            if i % REBUILD_SLICE == REBUILD_SLICE - 1:
+                await asyncio.sleep(0)
+                if self._generation != generation or self.app.rebalancing:
+                    return False
             if not raw:
                 continue  # a deletion recovered from the changelog
             data = orjson.loads(raw)
@@ -395,6 +415,7 @@ class JourneyAgents:
                 self.timers.append((deadline, state.customer))
         heapq.heapify(self.timers)
         self.timers_stale = False
+        return True
 
     # -- state changes -----------------------------------------------------------------------------
 

@@ -389,3 +389,44 @@ def test_two_workers_share_the_partitions_and_stitch_across_them(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_with_one_of_two_workers_killed_for_good_every_drop_off_is_there(
+    journey_settings: Settings, kafka: EmbeddedKafka, collector: Process, tmp_path: Path,
+    unique: str,
+) -> None:  # fmt: skip
+    """Customers on every partition wait at a stage; one worker is killed and never comes back
+    before their deadlines pass. The other takes its partitions over (from the changelog) and
+    records every drop-off, those of the lost worker's customers at their true deadline too."""
+    fast = journey_settings  # a lost worker's partitions move on after its 10 s session timeout
+    workers = []
+    for name in ("a", "b"):
+        own = fast.model_copy(update={"data_dir": tmp_path / f"data-{name}"})
+        workers.append(Process("worker", own, kafka.bootstrap, tmp_path).wait_ready())
+    survivor, lost = workers
+    try:
+        wait_until(lambda: sorted(_assigned(w) for w in workers) == [2, 2], timeout=60,
+                   what="two workers with two partitions each")  # fmt: skip
+        # Deadlines 9 s from now: after the kill, before the lost worker's partitions move on.
+        t0 = int(time.time() * 1000) - 6_000
+        customers = _customers_on_every_partition(unique, fast.topic_partitions, 3)
+        for user in customers:
+            send(collector, msg(f"{user}-1", t0, "Gap Start", userId=user))
+
+        def entered() -> int:
+            return sum(1 for w in workers for r in results(w, unique) if r["journey"] == "gap")
+
+        wait_until(lambda: entered() == len(customers), timeout=9, what="every stage entry")
+        assert time.time() * 1000 < t0 + 15_000, "too slow to lose a worker before the deadlines"
+        lost.kill()
+
+        def drop_offs() -> list[tuple[str, str, int]]:
+            rows = results(survivor, unique)
+            return sorted((r["customer"], r["stage"], r["at"] - t0) for r in rows
+                          if r["journey"] == "gap" and r["kind"] == "dropoff")  # fmt: skip
+
+        expected = sorted((c, "start", 15_000) for c in customers)
+        wait_for_rows(drop_offs, expected, what="every drop-off on the surviving worker")
+        assert _assigned(survivor) == 4
+    finally:
+        survivor.stop()
