@@ -44,8 +44,10 @@ from streams.journey_metrics import JourneyMetrics
 from tracker.core.identity import Identities, Link, link_of
 from tracker.core.journeys.codec import (
     dump_state,
+    load_emitted,
     load_state,
     result_row,
+    stored_deadline,
     tp_from_list,
     tp_to_list,
 )
@@ -394,6 +396,7 @@ class JourneyAgents:
         the next tick starts again.
         """
         generation = self._generation
+        on_disk = self.settings.worker_store == "rocksdb"
         self.timers = []
         self.journey_metrics.reset()
         for i, raw in enumerate(self.customers.values()):
@@ -406,13 +409,20 @@ class JourneyAgents:
             data = orjson.loads(raw)
             if "gone" in data:
                 continue  # a customer key merged into another
-            state = load_state(data, self.engine.fingerprint)
-            if not self._is_ours(state.customer):
+            customer = data["c"]
+            # RocksDB tables hold only the partitions assigned here; memory ones keep the rest.
+            if not on_disk and not self._is_ours(customer):
                 continue
-            self.journey_metrics.add_state(state)
-            deadline = self.engine.next_deadline(state)
+            known, deadline = stored_deadline(data, self.engine.fingerprint)
+            if known:
+                emitted = CustomerState(customer, emitted=load_emitted(data))
+                self.journey_metrics.add_state(emitted)
+            else:
+                state = load_state(data, self.engine.fingerprint)
+                self.journey_metrics.add_state(state)
+                deadline = self.engine.next_deadline(state)
             if deadline is not None:
-                self.timers.append((deadline, state.customer))
+                self.timers.append((deadline, customer))
         heapq.heapify(self.timers)
         self.timers_stale = False
         return True
