@@ -10,6 +10,7 @@ import faust
 from streams.journeys import JourneyAgents
 from streams.lag import publish_lags
 from streams.offsets import read_uncommitted_from_start
+from streams.store import SCHEME
 from tracker.core.journeys.engine import JourneyEngine
 from tracker.metrics import Metrics
 from tracker.settings import Settings
@@ -52,7 +53,7 @@ def create_app(
         settings.app_id,
         broker_credentials=_credentials(settings),
         broker=broker_urls(bootstrap),
-        store="memory://",
+        store=f"{SCHEME}://" if settings.worker_store == "rocksdb" else "memory://",
         web_enabled=False,
         datadir=str(settings.data_dir / "faust"),
         topic_partitions=settings.topic_partitions,

@@ -51,8 +51,10 @@ from streams.journey_metrics import JourneyMetrics
 from tracker.core.identity import Device, Identities, Link, links_of
 from tracker.core.journeys.codec import (
     dump_state,
+    load_emitted,
     load_state,
     result_row,
+    stored_deadline,
     tp_from_list,
     tp_to_list,
 )
@@ -72,6 +74,7 @@ SENT_LINKS_MAX = 100_000
 # Links reach the identity agent a little after the lateness check at ingest: repeats are kept
 # this much longer than the allowed lateness before they are compacted away.
 LINK_TRANSIT_MS = 5 * 60_000
+REBUILD_SLICE = 2_000  # customer states read between yields of a timer rebuild
 LINKS_PER_MESSAGE = 500  # about 60 bytes each: well under Kafka's message size limit
 
 
@@ -149,6 +152,7 @@ class JourneyAgents:
         self.lock = asyncio.Lock()
         self.timers: list[tuple[int, str]] = []
         self.timers_stale = True
+        self._generation = 0  # rebalances so far: a timer rebuild spanning one is stale
         # Partitions this worker owns now. The in-memory tables keep what they held for partitions
         # that moved to another worker; timers must only look at customers that are ours.
         self.active: set[int] = set()
@@ -184,10 +188,17 @@ class JourneyAgents:
             batchers.append(batcher)
             self.app.agent(topic, name=name)(batcher.consume)
 
-        @self.app.timer(min(s.timer_interval, s.sink_max_seconds / 2))
-        async def tick() -> None:
+        interval = min(s.timer_interval, s.sink_max_seconds / 2)
+
+        @self.app.timer(interval)
+        async def flush() -> None:
             for batcher in batchers:
                 await batcher.tick()
+
+        # A timer of its own: a timer rebuild after a restart reads every state held, and raw
+        # rows must not wait for it.
+        @self.app.timer(interval)
+        async def tick() -> None:
             await self.on_tick()
 
         @self.app.on_partitions_revoked.connect
@@ -207,6 +218,7 @@ class JourneyAgents:
         @self.app.on_rebalance_complete.connect
         async def rebalanced(app: Any, **kwargs: Any) -> None:
             self.timers_stale = True
+            self._generation += 1
             self.identities = None
 
     # -- touchpoints as they come from the collector ---------------------------------------------
@@ -214,7 +226,10 @@ class JourneyAgents:
     async def on_touchpoints(self, events: list[Any]) -> None:
         """Raw rows to the warehouse; each touchpoint to its customer's journeys."""
         now = now_ms()
-        rows: list[list[Any]] = []
+        # One row per messageId: of a message's copies in a batch the last one (the table keeps
+        # the copy inserted last; within one insert that choice is not ClickHouse's to make).
+        rows: dict[str, list[Any]] = {}
+        consumed = 0
         by_sender: list[tuple[str, list[Touchpoint]]] = []  # touchpoints with a userId
         by_device: dict[str, list[Touchpoint]] = {}  # anonymous touchpoints
         links: list[Link] = []
@@ -229,7 +244,8 @@ class JourneyAgents:
                     for r in records
                 ]  # fmt: skip
                 sender = message.key.decode()
-                rows.extend(touchpoint_row(r, message.partition, message.offset) for r in records)
+                own = [(r["message_id"], touchpoint_row(r, message.partition, message.offset))
+                       for r in records]  # fmt: skip
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.metrics.undecodable.inc()
                 log.warning(
@@ -237,6 +253,10 @@ class JourneyAgents:
                     message.partition, message.offset, exc,
                 )  # fmt: skip
                 continue
+            for message_id, row in own:
+                rows.pop(message_id, None)  # in the dict's order too, the last copy's place
+                rows[message_id] = row
+            consumed += len(own)
             tps = []
             for tp, tp_links, user, anon in decoded:
                 links += tp_links
@@ -251,11 +271,11 @@ class JourneyAgents:
             by_sender.append((sender, tps))
         if late:
             self.metrics.late_events.inc(late)
-        self.metrics.events_consumed.inc(len(rows))
+        self.metrics.events_consumed.inc(consumed)
         # The raw rows are written while the journeys are worked out: the insert runs in a
         # thread. The batch is acknowledged only after both, so a crash in between loses nothing
-        # (raw rows collapse by message id, and the journeys ignore messageIds they have seen).
-        raw = asyncio.ensure_future(self.touchpoint_sink.write(rows))
+        # (raw rows collapse by message id, and the journeys ignore copies they already hold).
+        raw = asyncio.ensure_future(self.touchpoint_sink.write(list(rows.values())))
         try:
             local: dict[str, list[Touchpoint]] = {}
             forward: list[tuple[str, dict[str, Any]]] = []
@@ -495,10 +515,12 @@ class JourneyAgents:
             return
         now = now_ms()
         async with self.lock:
-            if self.timers_stale:
-                self._rebuild_timers(now)
+            if self.timers_stale and not await self._rebuild_timers():
+                return
+            # At most a batch's worth per tick: after an outage every customer may be due at once.
             due: set[str] = set()
-            while self.timers and self.timers[0][0] < now:
+            most = self.settings.sink_max_rows
+            while self.timers and self.timers[0][0] < now and len(due) < most:
                 due.add(heapq.heappop(self.timers)[1])
             for key in sorted(due):
                 if not self._is_ours(key):
@@ -508,24 +530,45 @@ class JourneyAgents:
                     self._settle(state, now)
             await self._commit()
 
-    def _rebuild_timers(self, now: int) -> None:
+    async def _rebuild_timers(self) -> bool:
+        """A timer for every customer of ours with a drop-off not emitted yet, including those
+        whose deadline passed while nobody owned their partition: they are due at once.
+
+        This reads every state held, so it gives the loop back every few thousand: heartbeats
+        and raw-row writes go on meanwhile. A rebalance in between makes it give up (False);
+        the next tick starts again.
+        """
+        generation = self._generation
+        on_disk = self.settings.worker_store == "rocksdb"
         self.timers = []
         self.journey_metrics.reset()
-        for raw in self.customers.values():
+        for i, raw in enumerate(self.customers.values()):
+            if i % REBUILD_SLICE == REBUILD_SLICE - 1:
+                await asyncio.sleep(0)
+                if self._generation != generation or self.app.rebalancing:
+                    return False
             if not raw:
                 continue  # a deletion recovered from the changelog
             data = orjson.loads(raw)
             if "gone" in data:
                 continue  # a customer key merged into another
-            state = load_state(data, self.engine.fingerprint)
-            if not self._is_ours(state.customer):
+            customer = data["c"]
+            # RocksDB tables hold only the partitions assigned here; memory ones keep the rest.
+            if not on_disk and not self._is_ours(customer):
                 continue
-            self.journey_metrics.add_state(state)
-            deadline = self.engine.next_deadline(state, now)
+            known, deadline = stored_deadline(data, self.engine.fingerprint)
+            if known:
+                emitted = CustomerState(customer, emitted=load_emitted(data))
+                self.journey_metrics.add_state(emitted)
+            else:
+                state = load_state(data, self.engine.fingerprint)
+                self.journey_metrics.add_state(state)
+                deadline = self.engine.next_deadline(state)
             if deadline is not None:
-                self.timers.append((deadline, state.customer))
+                self.timers.append((deadline, customer))
         heapq.heapify(self.timers)
         self.timers_stale = False
+        return True
 
     # -- state changes -----------------------------------------------------------------------------
 

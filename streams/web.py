@@ -29,6 +29,7 @@ from tracker.warehouse.client import Warehouse
 log = logging.getLogger(__name__)
 
 MAX_SQL_BYTES = 64 * 1024
+CRASH_EXIT_CODE = 70  # EX_SOFTWARE: the worker crashed; a supervisor should start it again
 
 
 def _dumps(body: Any) -> bytes:
@@ -94,8 +95,9 @@ class WorkerWeb(mode.Service):
         """
         while not self.should_stop:
             if self.app.crashed:
-                log.error("event=worker_crashed reason=%r exit_code=70", self.app.crash_reason)
-                os._exit(70)
+                log.error("event=worker_crashed reason=%r exit_code=%d",
+                          self.app.crash_reason, CRASH_EXIT_CODE)  # fmt: skip
+                os._exit(CRASH_EXIT_CODE)
             await self.sleep(1.0)
 
     async def metrics_view(self, request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ import faust
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from streams.app import create_app
-from streams.web import WorkerWeb
+from streams.web import CRASH_EXIT_CODE, WorkerWeb
 from tracker.core.journeys.codec import RESULT_COLUMNS
 from tracker.core.journeys.definition import load as load_journeys
 from tracker.core.journeys.definition import parse_duration_ms
@@ -68,6 +68,14 @@ def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | Non
     )
     try:
         worker.execute_from_commandline()
+    except SystemExit:
+        # On a crash, mode stops the worker, shuts the loop down and re-raises the crash reason,
+        # which it turns into exit code 1: often before WorkerWeb's watch sees the crash.
+        reason = worker.crash_reason or app.crash_reason
+        if reason is None:
+            raise
+        log.error("event=worker_crashed reason=%r exit_code=%d", reason, CRASH_EXIT_CODE)
+        raise SystemExit(CRASH_EXIT_CODE) from None
     finally:
         warehouse.close()
 

@@ -161,6 +161,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         result = e2e.run(settings, loads=args.loads, seconds=args.seconds)
         rows = registry.e2e_rows(result)
+    elif args.bench == "restart":
+        from tracker.bench import restart
+
+        result = {"runs": [restart.run(settings, customers=n) for n in args.customers]}
+        rows = registry.restart_rows(result)
     elif args.bench == "collector":
         from tracker.bench import collector
 
@@ -285,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--loads", type=int, nargs="+", default=[1000, 5000],
                    help="offered loads, events/s, one after the other")  # fmt: skip
     b.add_argument("--seconds", type=float, default=15.0, help="seconds of traffic per load")
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("restart", help="worker start -> first new event written, vs in memory")
+    b.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000],
+                   help="customers of state, one run each")  # fmt: skip
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
     b = bench.add_parser("all", help="every benchmark, one table, JSON with a timestamp")

@@ -82,6 +82,9 @@ SETTINGS: dict[str, dict[str, str]] = {
         "empty: `/query` answers loopback clients only",
         "worker_session_timeout": "seconds (at least 6) before a crashed worker's partitions move "
         "to another worker",
+        "worker_store": "where the worker keeps its tables: `rocksdb` (under `<data_dir>/faust`; a "
+        "restart reads only the changelog's tail) or `memory` (a restart reads the whole "
+        "changelog)",
     },
     "Journeys": {
         "journeys_file": "journey definitions (rejected at start, with line and field, when "

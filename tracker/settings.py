@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     timer_interval: float = Field(default=0.25, gt=0, le=1.0)
     # How long a crashed worker keeps its partitions before the group hands them on.
     worker_session_timeout: float = Field(default=10.0, ge=6.0)
+    # Where the worker keeps its tables: "rocksdb" on disk under <data_dir>/faust (a restart
+    # reads only the changelog's tail), or "memory" (a restart reads the whole changelog).
+    worker_store: Literal["rocksdb", "memory"] = "rocksdb"
 
     log_level: str = "info"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.integration.processes import Process, post, query, wait_until
+from tests.integration.topics import uncommitted
 from tracker.kafka.broker import EmbeddedKafka
 from tracker.settings import Settings
 
@@ -34,6 +35,12 @@ journeys:
     stages:
       - {name: start, match: {event: Quick Start}, timeout: 2s}
       - {name: done, match: {event: Quick Done}}
+  - name: gap
+    window: 1h
+    stages:
+      - {name: start, match: {event: Gap Start}, timeout: 15s}
+      - {name: middle, match: {event: Gap Middle}, timeout: 15s}
+      - {name: end, match: {event: Gap End}}
 """
 RESULTS = (
     "SELECT journey, kind, customer, stage, level, channel, pain, "
@@ -93,6 +100,17 @@ def send(collector: Process, *messages: dict[str, Any]) -> None:
 def results(worker: Process, customer_prefix: str) -> list[dict[str, Any]]:
     rows = query(worker.url, RESULTS)
     return [r for r in rows if r["customer"].startswith(customer_prefix)]
+
+
+def wait_for_rows(rows: Callable[[], list[Any]], expected: list[Any], *, what: str) -> None:
+    """Wait until ``rows()`` is ``expected``; on a timeout, print what is missing and extra."""
+    try:
+        wait_until(lambda: rows() == expected, timeout=60, what=what)
+    except AssertionError:
+        got = rows()
+        print("missing:", sorted(set(expected) - set(got)))
+        print("extra:", sorted(set(got) - set(expected)))
+        raise
 
 
 def test_phone_laptop_and_store_become_one_journey_and_a_late_link_corrects(
@@ -176,6 +194,106 @@ def test_killing_and_restarting_the_worker_changes_no_result(
     assert [(r["kind"], r["stage"]) for r in after[2:]] == [
         ("stage", "checkout"), ("conversion", ""), ("stage", "purchase"),
     ]  # fmt: skip
+
+
+def test_deadlines_that_pass_while_the_worker_is_down_give_every_drop_off_at_its_time(
+    journey_settings: Settings, kafka: EmbeddedKafka, collector: Process, start_worker: Any,
+    unique: str,
+) -> None:  # fmt: skip
+    """The worker is killed with deadlines pending and stays down until they have passed; some
+    customers move on in the gap, one in time and one too late. After the restart every drop-off
+    is there, at its deadline, and the results are those of a run without the crash."""
+    worker = start_worker()
+    t0 = int(time.time() * 1000)
+    g = 15_000  # the gap journey's stage timeouts
+
+    def people(kind: str) -> list[str]:
+        return [f"{unique}-{kind}{i}" for i in range(3)]
+
+    def start(c: str) -> dict[str, Any]:
+        return msg(f"{c}-1", t0, "Gap Start", anonymousId=c)
+
+    def middle(c: str, at: int) -> dict[str, Any]:
+        return msg(f"{c}-2", at, "Gap Middle", anonymousId=c)
+
+    stay, middle_only, done = people("stay"), people("mid"), people("done")
+    in_time, too_late = people("intime"), people("late")
+    for c in stay + in_time + too_late:
+        send(collector, start(c))
+    for c in middle_only:
+        send(collector, start(c), middle(c, t0 + 1000))
+    for c in done:
+        send(collector, start(c), middle(c, t0 + 1000), msg(f"{c}-3", t0 + 2000, "Gap End",
+                                                            anonymousId=c))  # fmt: skip
+
+    def held() -> list[tuple[str, str, str, int]]:
+        rows = [r for r in results(worker, unique) if r["journey"] == "gap"]
+        return sorted((r["customer"], r["kind"], r["stage"], r["at"] - t0) for r in rows)
+
+    entered = 3 * (1 + 2 + 4 + 1 + 1)  # stage entries (and conversions) before the crash
+    wait_until(lambda: len([h for h in held() if h[1] != "dropoff"]) == entered, timeout=g / 1000,
+               what="every stage entry")  # fmt: skip
+    # Committed, so that the restarted worker does not read these touchpoints again (which
+    # would settle them anew): it has only the stored states to find the deadlines from.
+    group, topic = journey_settings.app_id, journey_settings.topic_touchpoints
+    wait_until(lambda: uncommitted(kafka.bootstrap, group, topic) == 0, timeout=30,
+               what="the touchpoints' offsets committed")  # fmt: skip
+    assert int(time.time() * 1000) < t0 + g, "too slow to crash before the deadlines"
+    assert not [h for h in held() if h[1] == "dropoff"]
+    worker.kill()
+
+    for c in in_time:  # moved on before the deadline, arrives while no worker runs
+        send(collector, middle(c, t0 + 3000))
+    wait_until(lambda: time.time() * 1000 > t0 + g + 1500, timeout=g / 1000 + 5,
+               what="the deadlines to pass")  # fmt: skip
+    late_at = int(time.time() * 1000)
+    for c in too_late:  # moved on after the deadline: a drop-off, then a recovery
+        send(collector, middle(c, late_at))
+    worker = start_worker()
+
+    L = late_at - t0
+    expected = sorted(
+        [(c, "stage", "start", 0) for c in stay + middle_only + done + in_time + too_late]
+        + [(c, "dropoff", "start", g) for c in stay + too_late]
+        + [(c, "stage", "middle", 1000) for c in middle_only + done]
+        + [(c, "dropoff", "middle", 1000 + g) for c in middle_only]
+        + [(c, k, s, 2000) for c in done for k, s in (("stage", "end"), ("conversion", ""))]
+        + [(c, k, "middle", a) for c in in_time
+           for k, a in (("stage", 3000), ("dropoff", 3000 + g))]
+        + [(c, k, s, a) for c in too_late for k, s, a in (
+            ("recovery", "start", L), ("stage", "middle", L), ("dropoff", "middle", L + g))]
+    )  # fmt: skip
+    wait_for_rows(held, expected, what="every drop-off at its deadline")
+
+
+def test_a_retried_request_with_a_new_sent_at_gives_journeys_and_raw_rows_one_event_time(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    """A sender retries a request whose answer it lost, a minute later by its clock: the same
+    message with a new sentAt, so a different corrected event time. The journeys and the
+    touchpoints table keep the same copy, the one written last."""
+    worker = start_worker()
+    visitor = f"{unique}-v"
+    ts = int(time.time() * 1000) - 5_000
+    message = msg(f"{unique}-m", ts, "Product Viewed", anonymousId=visitor)
+    for sent_after in (1_000, 61_000):
+        body = {"batch": [message], "sentAt": iso(ts + sent_after)}
+        status, answer = post(f"{collector.url}/v1/batch", orjson.dumps(body))
+        assert status == 200, answer
+    raw_sql = (
+        "SELECT toUnixTimestamp64Milli(event_time) AS t, toUnixTimestamp64Milli(sent_at) AS sent "
+        f"FROM tracker.touchpoints WHERE message_id = '{unique}-m'"
+    )
+
+    def raw_and_journey() -> tuple[list[dict[str, Any]], list[int]] | None:
+        raw = query(worker.url, raw_sql)
+        stages = [r["at"] for r in results(worker, visitor) if r["kind"] == "stage"]
+        if raw and raw[0]["sent"] == ts + 61_000 and stages and stages[0] == raw[0]["t"]:
+            return raw, stages
+        return None
+
+    raw, stages = wait_until(raw_and_journey, timeout=30, what="the retried copy in both places")
+    assert len(raw) == 1 and stages == [raw[0]["t"]]
 
 
 def test_results_that_a_late_login_moves_away_and_back_count_again(
@@ -365,14 +483,49 @@ def test_two_workers_share_the_partitions_and_stitch_across_them(
             + [(c, k, s) for c in customers[::2] for k, s in (("stage", "purchase"),
                                                                 ("conversion", ""))]
         )  # fmt: skip
-        try:
-            wait_until(lambda: union() == expected, timeout=60, what="every journey once")
-        except AssertionError:
-            got = union()
-            print("missing:", sorted(set(expected) - set(got)))
-            print("extra:", sorted(set(got) - set(expected)))
-            raise
+        wait_for_rows(union, expected, what="every journey once")
         assert all(results(w, unique) for w in workers), "both workers hold some customers"
     finally:
         for w in workers:
             w.stop()
+
+
+def test_with_one_of_two_workers_killed_for_good_every_drop_off_is_there(
+    journey_settings: Settings, kafka: EmbeddedKafka, collector: Process, tmp_path: Path,
+    unique: str,
+) -> None:  # fmt: skip
+    """Customers on every partition wait at a stage; one worker is killed and never comes back
+    before their deadlines pass. The other takes its partitions over (from the changelog) and
+    records every drop-off, those of the lost worker's customers at their true deadline too."""
+    fast = journey_settings  # a lost worker's partitions move on after its 10 s session timeout
+    workers = []
+    for name in ("a", "b"):
+        own = fast.model_copy(update={"data_dir": tmp_path / f"data-{name}"})
+        workers.append(Process("worker", own, kafka.bootstrap, tmp_path).wait_ready())
+    survivor, lost = workers
+    try:
+        wait_until(lambda: sorted(_assigned(w) for w in workers) == [2, 2], timeout=60,
+                   what="two workers with two partitions each")  # fmt: skip
+        # Deadlines 9 s from now: after the kill, before the lost worker's partitions move on.
+        t0 = int(time.time() * 1000) - 6_000
+        customers = _customers_on_every_partition(unique, fast.topic_partitions, 3)
+        for user in customers:
+            send(collector, msg(f"{user}-1", t0, "Gap Start", userId=user))
+
+        def entered() -> int:
+            return sum(1 for w in workers for r in results(w, unique) if r["journey"] == "gap")
+
+        wait_until(lambda: entered() == len(customers), timeout=9, what="every stage entry")
+        assert time.time() * 1000 < t0 + 15_000, "too slow to lose a worker before the deadlines"
+        lost.kill()
+
+        def drop_offs() -> list[tuple[str, str, int]]:
+            rows = results(survivor, unique)
+            return sorted((r["customer"], r["stage"], r["at"] - t0) for r in rows
+                          if r["journey"] == "gap" and r["kind"] == "dropoff")  # fmt: skip
+
+        expected = sorted((c, "start", 15_000) for c in customers)
+        wait_for_rows(drop_offs, expected, what="every drop-off on the surviving worker")
+        assert _assigned(survivor) == 4
+    finally:
+        survivor.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 async def _read(
@@ -34,3 +34,26 @@ def read_topic(
 ) -> list[tuple[bytes, bytes]]:
     """Every ``(key, value)`` on ``topic``: waits for ``at_least`` of them, then for quiet."""
     return asyncio.run(asyncio.wait_for(_read(bootstrap, topic, at_least, timeout), timeout + 15))
+
+
+async def _uncommitted(bootstrap: str, group: str, topic: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        await consumer.topics()  # metadata of every topic
+        parts = consumer.partitions_for_topic(topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return sum(end - getattr(committed.get(tp), "offset", 0) for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def uncommitted(bootstrap: str, group: str, topic: str) -> int:
+    """How many of ``topic``'s messages consumer group ``group`` has not committed yet."""
+    return asyncio.run(asyncio.wait_for(_uncommitted(bootstrap, group, topic), 30))

@@ -6,7 +6,14 @@ import orjson
 import pytest
 
 from tests.unit.test_journey_rules import MIN, SHOP, tp
-from tracker.core.journeys.codec import dump_state, load_state, result_row, tp_to_list
+from tracker.core.journeys.codec import (
+    dump_state,
+    load_emitted,
+    load_state,
+    result_row,
+    stored_deadline,
+    tp_to_list,
+)
 from tracker.core.journeys.engine import CustomerState, JourneyEngine
 
 
@@ -35,6 +42,20 @@ def test_under_changed_definitions_old_touchpoints_match_nothing() -> None:
     engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
     back = load_state(dump_state(_state(engine), engine.fingerprint), "other-definitions")
     assert engine.results(back, 30 * MIN) == {}
+
+
+def test_the_stored_deadline_is_the_timer_deadline_under_the_same_definitions() -> None:
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    state = CustomerState("c1")
+    engine.add(state, [tp(0, "Product Viewed"), tp(1, "Product Added")])
+    engine.settle(state, 2 * MIN)  # the cart deadline (minute 6) is pending
+    raw = orjson.loads(orjson.dumps(dump_state(state, engine.fingerprint)))
+    assert stored_deadline(raw, engine.fingerprint) == (True, engine.next_deadline(state))
+    assert stored_deadline(raw, engine.fingerprint) == (True, 6 * MIN)
+    assert load_emitted(raw) == state.emitted
+    assert stored_deadline(raw, "other-definitions") == (False, None)
+    del raw["d"]  # a state stored before deadlines were
+    assert stored_deadline(raw, engine.fingerprint) == (False, None)
 
 
 def test_only_touchpoints_with_known_rule_matches_are_stored() -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_journey_rules import MIN, SHOP
 from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint, evaluate
-from tracker.core.journeys.results import Result
+from tracker.core.journeys.results import DropOff, Result
 
 EVENTS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed",
           "Payment Failed", "Page Loaded", "Chat Rated", "FAQ Viewed"]  # fmt: skip
@@ -112,6 +112,27 @@ def test_the_deadline_a_settle_reports_is_when_results_next_change(
     if due is not None:
         assert due >= now
         assert settled(history, due + 1) != state.emitted
-    # The timer path that rebuilds deadlines from stored states agrees for histories in the past.
-    if all(tp.t <= now for tp in history):
-        assert engine.next_deadline(state, now) == due
+    # The timer path that rebuilds deadlines from stored states agrees.
+    assert engine.next_deadline(state) == due
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(0, 160), st.integers(1, 400))
+def test_a_state_found_late_is_due_at_once_and_settles_as_if_on_time(
+    history: list[Touchpoint], then_half_minutes: int, gap_half_minutes: int
+) -> None:
+    """Settled at ``then``, then unwatched until ``later`` (a crash, a rebalance): the stored
+    state names the first deadline it missed, and settling it late gives the results of the
+    complete history as of ``later``, every drop-off at its own deadline."""
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    then = then_half_minutes * MIN // 2
+    later = then + gap_half_minutes * MIN // 2
+    state = CustomerState("c1")
+    engine.add(state, history)
+    engine.settle(state, then)
+    missed = [r.at for r in settled(history, later) - state.emitted if isinstance(r, DropOff)]
+    due = engine.next_deadline(state)
+    if missed:
+        assert due == min(missed) and due < later
+    engine.settle(state, later)
+    assert state.emitted == settled(history, later)

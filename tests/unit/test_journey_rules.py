@@ -180,6 +180,21 @@ def test_duplicates_count_once() -> None:
     assert len(state.history) == 1
 
 
+def test_of_copies_with_different_event_times_the_last_to_arrive_is_kept() -> None:
+    """A retried request carries its messages again with a new sentAt, so the copy's corrected
+    event time differs; the copy that arrives last is kept, as in the touchpoints table."""
+    state, e = CustomerState("c1"), engine()
+    first, retried = tp(0, "Product Viewed", mid="x"), tp(0.5, "Product Viewed", mid="x")
+    e.add(state, [first])
+    e.settle(state, 1 * MIN)
+    assert e.add(state, [retried]) == 1
+    assert [(h.message_id, h.t) for h in state.history] == [("x", retried.t)]
+    changes = e.settle(state, 1 * MIN)
+    assert changes == [(-1, entered("browse", 1, first, first)),
+                       (1, entered("browse", 1, retried, retried))]  # fmt: skip
+    assert e.add(state, [retried]) == 0  # the same copy again (a re-delivery) changes nothing
+
+
 def test_late_data_is_recognised() -> None:
     e = engine()
     assert not e.is_late(tp(0, "Product Viewed"), now=60 * MIN)
@@ -216,8 +231,26 @@ def test_retract_all_withdraws_exactly_what_was_emitted() -> None:
 def test_next_deadline_is_the_open_stage_timeout() -> None:
     state, e = CustomerState("c1"), engine()
     e.add(state, [tp(0, "Product Viewed"), tp(1, "Product Added")])
-    assert e.next_deadline(state, now=2 * MIN) == 6 * MIN
-    assert e.next_deadline(state, now=7 * MIN) is None  # dropped; nothing else can come due
+    e.settle(state, 2 * MIN)
+    assert e.next_deadline(state) == 6 * MIN
+    e.settle(state, 7 * MIN)
+    assert e.next_deadline(state) is None  # dropped; nothing else can come due
+
+
+def test_a_deadline_that_passed_unwatched_is_due_and_settles_with_its_true_time() -> None:
+    """A worker settled the customer at minute 2 and went down; the cart deadline (minute 6)
+    passed while nobody owned the customer. Found at minute 40, it is due at once, and the
+    drop-off comes out as it would have on time, at minute 6."""
+    state, e = CustomerState("c1"), engine()
+    pv, pa = tp(0, "Product Viewed"), tp(1, "Product Added")
+    e.add(state, [pv, pa])
+    e.settle(state, 2 * MIN)
+    assert e.next_deadline(state) == 6 * MIN  # in the past at minute 40: due at once
+    changes = e.settle(state, 40 * MIN)
+    drops = [r for sign, r in changes if sign > 0 and isinstance(r, DropOff)]
+    assert [(d.stage, d.entered_at, d.at) for d in drops] == [("cart", 1 * MIN, 6 * MIN)]
+    assert state.emitted == Counter(run([pv, pa], 7))  # what an on-time timer emitted
+    assert e.next_deadline(state) is None
 
 
 @pytest.mark.parametrize("timeout", ["0s", "-5m", "soon", True])

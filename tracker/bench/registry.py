@@ -90,6 +90,19 @@ def collector_rows(result: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def restart_rows(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    for r in result["runs"]:
+        at = f"restart @{r['customers']:,} customers"
+        rows += [
+            Row(f"{at}: first raw row s (baseline: memory)", r["restart_s"], r["baseline_s"],
+                r["ratio"], r["target_s"]),
+            Row(f"{at}: first journey result s", r["restart"]["journey_s"],
+                r["memory"]["journey_s"]),
+        ]  # fmt: skip
+    return rows
+
+
 def _collector(settings: Settings) -> list[Row]:
     from tracker.bench import collector
 
@@ -108,10 +121,18 @@ def _e2e(settings: Settings) -> list[Row]:
     return e2e_rows(e2e.run(settings, loads=[1000, 5000], seconds=15))
 
 
+def _restart(settings: Settings) -> list[Row]:
+    from tracker.bench import restart
+
+    runs = [restart.run(settings, customers=n) for n in (100_000, 1_000_000)]
+    return restart_rows({"runs": runs})
+
+
 BENCHES: dict[str, Bench] = {
     "collector": _collector,
     "worker": _worker,
     "e2e": _e2e,
+    "restart": _restart,
 }
 
 

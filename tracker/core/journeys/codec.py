@@ -56,6 +56,9 @@ def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
         "v": state.version,
         "h": [tp_to_list(tp) for tp in state.history],
         "e": [[n, result_to_list(r)] for r, n in state.emitted.items()],
+        # When a timer must settle it next (JourneyEngine.next_deadline, which a settle sets as
+        # state.deadline): a restart rebuilds its timers without evaluating every state again.
+        "d": state.deadline,
     }
 
 
@@ -70,9 +73,23 @@ def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
         customer=raw["c"],
         history=history,
         seen={tp.message_id for tp in history},
-        emitted=Counter({result_from_list(r): n for n, r in raw["e"]}),
+        emitted=load_emitted(raw),
         version=raw["v"],
     )
+
+
+def load_emitted(raw: dict[str, Any]) -> Counter[Result]:
+    """Only what ``raw`` emitted (cheaper than the whole state)."""
+    return Counter({result_from_list(r): n for n, r in raw["e"]})
+
+
+def stored_deadline(raw: dict[str, Any], fingerprint: str) -> tuple[bool, int | None]:
+    """(known, deadline): the timer deadline stored with ``raw``, when it was stored under these
+    journey definitions; else (False, None) and the state must be evaluated."""
+    if raw.get("f") != fingerprint or "d" not in raw:
+        return False, None
+    deadline = raw["d"]
+    return True, None if deadline is None else int(deadline)
 
 
 RESULT_COLUMNS = (

@@ -224,22 +224,6 @@ def evaluate_with_deadline(
     return out, None
 
 
-def next_deadline(
-    journey: Journey, history: list[Touchpoint], now: int, base: int | None = None
-) -> int | None:
-    """The earliest drop-off deadline not yet passed at ``now``: when a timer must look again.
-
-    Evaluating as of the far future lists every drop-off the history leads to if nothing else
-    arrives; the first one at or after ``now`` is the next to come due.
-    """
-    due = [
-        r.at
-        for r in evaluate(journey, "", history, NEVER, base)
-        if isinstance(r, DropOff) and r.at >= now
-    ]
-    return min(due) if due else None
-
-
 @dataclass
 class CustomerState:
     """Everything the engine keeps for one customer."""
@@ -283,11 +267,21 @@ class JourneyEngine:
         return tp.t < now - self.lateness_ms
 
     def add(self, state: CustomerState, tps: Iterable[Touchpoint]) -> int:
-        """Insert touchpoints in order; duplicates (same messageId) count once. Returns #added."""
+        """Insert touchpoints in order. Returns how many changed the history.
+
+        A messageId counts once, and of its copies the one that arrives last is kept: a sender
+        that retries a request sends the same messages with a new ``sentAt``, so the copies can
+        differ in event time, and the warehouse keeps the copy written last as well (see
+        docs/warehouse.md). A copy with the event time already held changes nothing.
+        """
         added = 0
         for tp in tps:
             if tp.message_id in state.seen:
-                continue
+                held = [i for i, h in enumerate(state.history) if h.message_id == tp.message_id]
+                if any(state.history[i].t == tp.t for i in held):
+                    continue
+                for i in reversed(held):
+                    del state.history[i]
             state.seen.add(tp.message_id)
             if tp.bits < 0:
                 tp = replace(tp, bits=self.signature(tp))
@@ -339,10 +333,19 @@ class JourneyEngine:
             state.version += 1
         return changes
 
-    def next_deadline(self, state: CustomerState, now: int) -> int | None:
-        deadlines = [
-            d
+    def next_deadline(self, state: CustomerState) -> int | None:
+        """The earliest drop-off deadline of ``state``'s history that ``state.emitted`` lacks:
+        when a timer must settle this customer, with no clock needed to find it.
+
+        It may lie in the past: a deadline that passed while no worker owned the customer (a
+        crash, a restart, a rebalance) is due at once, and settling it then emits the drop-off
+        with its true ``at``, as it would have been emitted on time. Evaluating as of the far
+        future lists every drop-off the history leads to if nothing else arrives.
+        """
+        due = [
+            r.at
             for j, base in zip(self.journeys, self.bases, strict=True)
-            if (d := next_deadline(j, state.history, now, base)) is not None
+            for r in evaluate(j, state.customer, state.history, NEVER, base)
+            if isinstance(r, DropOff) and r not in state.emitted
         ]
-        return min(deadlines) if deadlines else None
+        return min(due) if due else None
