@@ -291,7 +291,7 @@ def test_dashboards_are_valid_with_unique_ids_and_known_datasources() -> None:
 # Grafana's dashboard JSON schema, derived mechanically at test time from the `Dashboard` type that
 # the pinned @grafana/schema npm package ships (Grafana generates that type from the CUE schema of
 # the dashboard kind), by the pinned ts-json-schema-generator (2.4.0, the last to run on Node 20);
-# both live in tests/sdk, installed by `scripts/setup --test`. Where the derived schema differs from Grafana's runtime:
+# both live in tests/sdk, installed by `scripts/setup --test`. Where it and Grafana differ:
 # - Grafana stores and serves keys it does not know, and its own editor writes some the type lacks
 #   (`definition` on a query variable), so objects are generated open (`--additional-properties`);
 #   a misspelt optional key therefore passes.
