@@ -281,7 +281,7 @@ def test_a_retried_request_with_a_new_sent_at_gives_journeys_and_raw_rows_one_ev
         status, answer = post(f"{collector.url}/v1/batch", orjson.dumps(body))
         assert status == 200, answer
     raw_sql = (
-        "SELECT toUnixTimestamp64Milli(event_time) AS t, toUnixTimestamp64Milli(sent_at) AS sent "
+        "SELECT toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(sent_at) AS sent "
         f"FROM tracker.touchpoints WHERE message_id = '{unique}-m'"
     )
 
