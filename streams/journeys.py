@@ -4,9 +4,10 @@ Topics (``<app>`` is the app id):
 
 - the touchpoints topic, keyed by the sender's id (userId, else anonymousId);
 - ``<app>-journey-input``, keyed by customer key (or device id): touchpoints forwarded to their
-  customer's partition, ``drop`` notices (take these touchpoints out: a link gave them to another
-  customer), ``owner`` notices ("id X now belongs to customer K", after an alias) and ``device``
-  notices (device X's links changed: where its anonymous touchpoints belong, in event time);
+  customer's partition, ``move`` notices (a link gave these touchpoints to another customer:
+  take them out here and send them on), ``owner`` notices ("id X now belongs to customer K",
+  after an alias) and ``device`` notices (device X's links changed: where its anonymous
+  touchpoints belong, in event time);
 - ``<app>-identity-links``, one partition: identity links (several to a message), read by the one
   identity agent that keeps the identity graph (``tracker.core.identity``: the rules are there).
 
@@ -15,21 +16,20 @@ Tables (changelog-backed, keyed like the partitions they live in):
 - ``customers``: customer key -> engine state (history, emitted results, version) as JSON bytes,
   or, for a key merged into another, a tombstone with its last version;
 - ``owners``: id -> customer key, for ids that an alias merged into another customer;
-- ``devices``: anonymousId -> its changes of user and whether it is shared, with every anonymous
-  touchpoint of the device and the id it was given to (only for devices that have links);
+- ``devices``: anonymousId -> its changes of user and whether it is shared, with the anonymous
+  touchpoints a link can still move and the id each was given to (only for devices with links);
 - ``identity-links``: device id -> its links, alias pair -> its newest alias, from which the
   identity graph is rebuilt after a restart.
 
-A touchpoint keyed by userId X is handled where it arrives when X is its own customer, else
-forwarded to the owner's partition. An anonymous touchpoint of a device with links goes to the
-user its device notice gives it (forwarded by userId, whose partition forwards on to an alias's
-owner); of a device without links, to the device's own customer. When the identity agent finds
-that an alias makes X belong to K, it tells X's partition; there X's state (if X was a customer)
-is withdrawn from the warehouse and its history forwarded to K, where it is merged and evaluated
-again. When a device's links change, its partition moves the anonymous touchpoints whose owner
-changed: a ``drop`` to the old owner, the touchpoints to the new one. Results are written to
-ClickHouse before the input's offsets are acknowledged; every state change happens under one lock
-per worker, so timers and agents never interleave inside a read-modify-write.
+What happens to a customer is decided by ``tracker.core.journeys.customers.Customers``, plain
+code without I/O that the unit and property tests drive as well; the agents here decode the
+input, call it under one lock per worker (so timers and agents never interleave inside a
+read-modify-write), and carry its effects out. A batch's effects go to one writer task
+(``streams/writes.py``), which writes them in order off the lock: result rows to ClickHouse,
+then forwarded messages, then the changed states straight to the ``customers`` and ``devices``
+changelogs. The batch is acknowledged only once they are written, so a state in the changelog
+always has its rows in the warehouse. The most recently used states stay in memory as objects
+(``STATES_CACHED``), dropped when partitions are revoked, because recovery may replace them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -48,25 +47,20 @@ from aiokafka.partitioner import murmur2
 
 from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
-from tracker.core.identity import Device, Identities, Link, links_of
-from tracker.core.journeys.codec import (
-    dump_state,
-    load_emitted,
-    load_state,
-    result_row,
-    stored_deadline,
-    tp_from_list,
-    tp_to_list,
+from streams.writes import DirectTable, Writer
+from tracker.core.identity import Identities, Link, links_of
+from tracker.core.journeys.codec import load_emitted, load_state, stored_deadline
+from tracker.core.journeys.customers import (
+    Customers,
+    Message,
+    StateCache,
+    device_of,
+    link_notices,
 )
-from tracker.core.journeys.engine import Change, CustomerState, JourneyEngine, Touchpoint
+from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint
 from tracker.metrics import Metrics
 from tracker.settings import Settings
-from tracker.warehouse.sink import (
-    CHANGE_COLUMNS,
-    TableSink,
-    change_db_row,
-    touchpoint_row,
-)
+from tracker.warehouse.sink import CHANGE_COLUMNS, ResultRows, TableSink, touchpoint_row
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +70,7 @@ SENT_LINKS_MAX = 100_000
 LINK_TRANSIT_MS = 5 * 60_000
 REBUILD_SLICE = 2_000  # customer states read between yields of a timer rebuild
 LINKS_PER_MESSAGE = 500  # about 60 bytes each: well under Kafka's message size limit
+STATES_CACHED = 10_000  # customer states kept as objects between batches (a few KB each)
 
 
 def decode_records(value: bytes) -> list[dict[str, Any]]:
@@ -84,18 +79,6 @@ def decode_records(value: bytes) -> list[dict[str, Any]]:
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError("message value is not a JSON array of records")
     return records
-
-
-def _tight(value: bytes) -> bytes:
-    """A copy of exactly its length: orjson's result keeps a buffer of several KB behind it,
-    which held for every customer would cost more than the state itself."""
-    return bytes(memoryview(value))
-
-
-def _device_of(entry: dict[str, Any]) -> Device:
-    """A device's links as a stored entry or a device notice holds them."""
-    links = [(int(t), str(mid), str(user)) for t, mid, user in entry.get("l", ())]
-    return Device(links=links, users={user for _, _, user in links}, shared=bool(entry["s"]))
 
 
 def now_ms() -> int:
@@ -149,6 +132,27 @@ class JourneyAgents:
         self.devices = app.Table("devices", partitions=n, value_type=bytes, **table_opts)
         self.links = app.Table("identity-links", partitions=1, **table_opts)
         self.identities: Identities | None = None
+        # Customer states and device entries are written straight to their changelogs, in
+        # order, by one writer task (streams/writes.py); the owners table, written only on
+        # merges, goes through faust's own table writes.
+        self.states = DirectTable(self.customers, n)
+        self.device_entries = DirectTable(self.devices, n)
+        self.writer = Writer(
+            app,
+            results=self.sink,
+            changes=self.changes_sink,
+            forward_topic=self.journey_input.get_topic_name(),
+            retry_max_seconds=settings.sink_retry_max_seconds,
+        )
+        self.cache = StateCache(STATES_CACHED)
+        self.core = Customers(
+            engine,
+            state_bytes=lambda key: self.states.get(key.encode()),
+            device_bytes=lambda key: self.device_entries.get(key.encode()),
+            owner_of=self._owner_of,
+            cache=self.cache,
+            on_changes=self.journey_metrics.changes,
+        )
         self.lock = asyncio.Lock()
         self.timers: list[tuple[int, str]] = []
         self.timers_stale = True
@@ -156,13 +160,6 @@ class JourneyAgents:
         # Partitions this worker owns now. The in-memory tables keep what they held for partitions
         # that moved to another worker; timers must only look at customers that are ours.
         self.active: set[int] = set()
-        # What a batch changed, written out by _commit() at the batch's end (under the lock).
-        self._rows: dict[tuple[Any, ...], list[Any]] = {}
-        self._changes: list[list[Any]] = []  # every signed change, for journey_result_changes
-        self._dirty: dict[str, CustomerState] = {}
-        self._dirty_devices: dict[str, dict[str, Any]] = {}
-        # Customer keys merged away in this batch -> their last version (see _fresh).
-        self._gone: dict[str, int] = {}
         # Links already sent: SDKs repeat the anonymousId/userId pair on every event after a login.
         # (id, userId) -> the newest link of that pair sent from here: a repeat that is not newer
         # cannot change a customer key (the key follows the newest link), so it is not sent.
@@ -201,10 +198,15 @@ class JourneyAgents:
         async def tick() -> None:
             await self.on_tick()
 
+        @self.app.on_before_shutdown.connect
+        async def shutdown(app: Any, **kwargs: Any) -> None:
+            await self.writer.stop()  # the consumer stopped: nothing written now is acknowledged
+
         @self.app.on_partitions_revoked.connect
         async def revoked(app: Any, revoked: Any = None, **kwargs: Any) -> None:
             for batcher in batchers:
                 batcher.revoke()
+            self.cache.clear()  # recovery may replace the stored states
             self.journey_metrics.reset()
             self.active = set()
             self.metrics.assigned_partitions.set(0)
@@ -277,62 +279,15 @@ class JourneyAgents:
         # (raw rows collapse by message id, and the journeys ignore copies they already hold).
         raw = asyncio.ensure_future(self.touchpoint_sink.write(list(rows.values())))
         try:
-            local: dict[str, list[Touchpoint]] = {}
-            forward: list[tuple[str, dict[str, Any]]] = []
             async with self.lock:
                 # Ownership is looked up under the lock: an ownership notice handled between the
                 # lookup and the update would otherwise leave these touchpoints with the old owner.
-                for sender, tps in by_sender:
-                    self._route(sender, sender, tps, local, forward)
-                for device, tps in by_device.items():
-                    self._device_touchpoints(device, tps, local, forward)
-                self._apply(local, now)
-                await self._commit()
-            await self._send(forward)
+                self.core.touchpoints(by_sender, by_device, now)
+                written = await self._commit()
+            await written
             await self._send_links(links)
         finally:
             await raw
-
-    def _route(
-        self,
-        key: str,
-        here: str,
-        tps: list[Touchpoint],
-        local: dict[str, list[Touchpoint]],
-        forward: list[tuple[str, dict[str, Any]]],
-    ) -> None:
-        """Touchpoints for customer ``key``: kept in ``local`` when ``key`` is ``here`` (an id of
-        this partition) and its own customer, else forwarded (the owner's partition, or
-        ``key``'s, which knows its owner)."""
-        if not tps:
-            return
-        owner = self._owner(key) if key == here else key
-        if owner == here:
-            local.setdefault(owner, []).extend(tps)
-        else:
-            forward.append((owner, {"kind": "tps", "tps": [tp_to_list(tp) for tp in tps]}))
-
-    def _device_touchpoints(
-        self,
-        device: str,
-        tps: list[Touchpoint],
-        local: dict[str, list[Touchpoint]],
-        forward: list[tuple[str, dict[str, Any]]],
-    ) -> None:
-        """A device's new anonymous touchpoints: to the user its links give each of them."""
-        entry = self._load_device(device)
-        if entry is None or entry["s"]:  # never linked, or shared: the device's own customer
-            self._route(device, device, tps, local, forward)
-            return
-        links = _device_of(entry)
-        pool = entry["p"]
-        for tp in tps:
-            if tp.message_id in pool:
-                continue
-            owner = links.user_at(tp.order) or device
-            pool[tp.message_id] = [tp_to_list(tp), owner]
-            self._route(owner, device, [tp], local, forward)
-        self._dirty_devices[device] = entry
 
     async def _send_links(self, links: list[Link]) -> None:
         """The batch's identity links, to the identity agent.
@@ -369,96 +324,11 @@ class JourneyAgents:
     async def on_journey_input(self, events: list[Any]) -> None:
         await self._changelog_metadata()  # ownership notices write the owners table
         now = now_ms()
-        local: dict[str, list[Touchpoint]] = {}
-        forward: list[tuple[str, dict[str, Any]]] = []
+        messages = [(e.message.key.decode(), orjson.loads(e.message.value)) for e in events]
         async with self.lock:
-            for event in events:
-                key = event.message.key.decode()
-                msg = orjson.loads(event.message.value)
-                kind = msg["kind"]
-                if kind == "tps":
-                    self._route(key, key, [tp_from_list(v) for v in msg["tps"]], local, forward)
-                    continue
-                self._apply(local, now)  # keep the order of what came before
-                local.clear()
-                if kind == "owner":
-                    await self._take_owner(key, msg["owner"], now)
-                elif kind == "drop":
-                    self._drop(key, msg["mids"], now, forward)
-                elif kind == "device":
-                    self._take_device(key, msg, now, forward)
-            self._apply(local, now)
-            await self._commit()
-        await self._send(forward)
-
-    async def _take_owner(self, member: str, owner: str, now: int) -> None:
-        """``member`` now belongs to ``owner``: withdraw its results, hand its history over."""
-        if member == owner:
-            self.owners.pop(member.encode(), None)
-            return
-        self.owners[member.encode()] = owner
-        state = self._load(member)
-        if state is None:
-            return
-        retracted = self.engine.retract_all(state)
-        self._stage_rows(retracted, state.version)
-        self.journey_metrics.changes(state, retracted)
-        self._dirty.pop(member, None)
-        self._gone[member] = state.version
-        self.metrics.identity_merges.inc()
-        await self._send_tps(owner, state.history)
-
-    def _drop(
-        self, key: str, mids: list[str], now: int, forward: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        """Take touchpoints out of customer ``key`` (an id of this partition)."""
-        owner = self._owner(key)
-        if owner != key:
-            forward.append((owner, {"kind": "drop", "mids": mids}))
-            return
-        state = self._load(key)
-        if state is not None and self.engine.remove(state, mids):
-            self._settle(state, now)
-
-    def _take_device(
-        self, device: str, msg: dict[str, Any], now: int, forward: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        """Device ``device``'s links changed: move the anonymous touchpoints whose owner did."""
-        entry = self._load_device(device)
-        if entry is None:
-            # Its first links: what the device did so far is in its own customer's history.
-            entry = {"p": {}}
-            state = self._load(device) if self._owner(device) == device else None
-            for tp in state.history if state is not None else ():
-                entry["p"][tp.message_id] = [tp_to_list(tp), device]
-        entry["l"], entry["s"] = msg["links"], msg["shared"]
-        links = _device_of(entry)
-        moved = 0
-        for mid, (raw, old) in sorted(entry["p"].items()):
-            tp = tp_from_list(raw)
-            new = links.user_at(tp.order) or device
-            if new == old:
-                continue
-            entry["p"][mid] = [raw, new]
-            moved += 1
-            if old == device:
-                self._drop(device, [mid], now, forward)
-            else:
-                forward.append((old, {"kind": "drop", "mids": [mid]}))
-            here: dict[str, list[Touchpoint]] = {}
-            self._route(new, device, [tp], here, forward)
-            self._apply(here, now)
-        self.metrics.identity_moved.inc(moved)
-        if entry["s"]:  # shared for good: every anonymous touchpoint stays with the device now
-            entry["p"] = {}
-        self._dirty_devices[device] = entry
-
-    def _load_device(self, device: str) -> dict[str, Any] | None:
-        entry = self._dirty_devices.get(device)
-        if entry is not None:
-            return entry
-        raw = self.devices.get(device.encode())
-        return orjson.loads(raw) if raw else None
+            self.core.journey_input(messages, now)
+            written = await self._commit()
+        await written
 
     # -- the identity graph ----------------------------------------------------------------------
 
@@ -469,40 +339,31 @@ class JourneyAgents:
         ids = self._identities()
         # Repeats older than this can no longer be split by a late link (see Identities.add).
         horizon = now_ms() - self.engine.lateness_ms - LINK_TRANSIT_MS
-        touched: set[str] = set()
-        changed: set[str] = set()
+        links = []
         for event in events:
             for from_id, user_id, t, message_id, alias in orjson.loads(event.message.value):
                 link = Link(from_id, user_id, t, message_id, bool(alias))
+                links.append(link)
                 if link.alias:  # one entry per alias pair, its newest link
                     pair_key = f"{from_id}\x00{user_id}".encode()
                     stored = self.links.get(pair_key)
                     if not stored or Link(*stored).order < link.order:
                         self.links[pair_key] = [from_id, user_id, t, message_id, True]
-                was_shared = ids.is_shared(from_id)
-                rekeyed, device_changed = ids.add(link, horizon)
-                for member, owner in rekeyed:
-                    notice = orjson.dumps({"kind": "owner", "owner": owner})
-                    await self.journey_input.send(key=member.encode(), value=notice)
-                touched.add(from_id)
-                if device_changed:
-                    changed.add(from_id)
-                    if ids.is_shared(from_id) and not was_shared:
-                        self.metrics.identity_shared_devices.inc()
+        notices, touched, shared = link_notices(ids, links, horizon)
+        if shared:
+            self.metrics.identity_shared_devices.inc(shared)
         for device in sorted(touched):
             d = ids.devices[device]
             self.links[device.encode()] = {"l": d.links, "s": d.shared}
-        for device in sorted(changed):
-            d = ids.devices[device]
-            notice = orjson.dumps({"kind": "device", "links": d.changes(), "shared": d.shared})
-            await self.journey_input.send(key=device.encode(), value=notice)
+        for key, msg in notices:
+            await self.journey_input.send(key=key.encode(), value=orjson.dumps(msg))
 
     def _identities(self) -> Identities:
         if self.identities is None:
             ids = Identities(self.settings.max_users_per_device)
             for key, raw in self.links.items():
                 if isinstance(raw, dict):
-                    ids.devices[key.decode()] = _device_of(raw)
+                    ids.devices[key.decode()] = device_of(raw)
                 elif raw:
                     ids.add(Link(*raw))
             self.identities = ids
@@ -515,6 +376,7 @@ class JourneyAgents:
             return
         now = now_ms()
         async with self.lock:
+            self.writer.store_delivered()
             if self.timers_stale and not await self._rebuild_timers():
                 return
             # At most a batch's worth per tick: after an outage every customer may be due at once.
@@ -522,13 +384,9 @@ class JourneyAgents:
             most = self.settings.sink_max_rows
             while self.timers and self.timers[0][0] < now and len(due) < most:
                 due.add(heapq.heappop(self.timers)[1])
-            for key in sorted(due):
-                if not self._is_ours(key):
-                    continue
-                state = self._load(key)
-                if state is not None:
-                    self._settle(state, now)
-            await self._commit()
+            self.core.settle_due([key for key in sorted(due) if self._is_ours(key)], now)
+            written = await self._commit()
+        await written
 
     async def _rebuild_timers(self) -> bool:
         """A timer for every customer of ours with a drop-off not emitted yet, including those
@@ -542,7 +400,7 @@ class JourneyAgents:
         on_disk = self.settings.worker_store == "rocksdb"
         self.timers = []
         self.journey_metrics.reset()
-        for i, raw in enumerate(self.customers.values()):
+        for i, raw in enumerate(self.states.values()):
             if i % REBUILD_SLICE == REBUILD_SLICE - 1:
                 await asyncio.sleep(0)
                 if self._generation != generation or self.app.rebalancing:
@@ -577,81 +435,36 @@ class JourneyAgents:
         partition = (murmur2(key.encode()) & 0x7FFFFFFF) % self.settings.topic_partitions
         return partition in self.active
 
-    def _owner(self, key: str) -> str:
+    def _owner_of(self, key: str) -> str | None:
         owner = self.owners.get(key.encode())
-        return str(owner) if owner else key
+        return str(owner) if owner else None
 
-    def _load(self, key: str) -> CustomerState | None:
-        state = self._dirty.get(key)
-        if state is not None:
-            return state
-        if key in self._gone:
-            return None
-        raw = self.customers.get(key.encode())
-        if not raw:
-            return None
-        data = orjson.loads(raw)
-        return None if "gone" in data else load_state(data, self.engine.fingerprint)
-
-    def _fresh(self, key: str) -> CustomerState:
-        """A new state for ``key``. A key can come back after it was merged away (a shared device:
-        user 1 logs in, then user 2, then user 1 again); its versions then go on from where the
-        old state's stopped, so its rows supersede the withdrawals written under that key. (A
-        version that started again at 0 would lose to them, and the results would vanish.)
-        """
-        version = self._gone.get(key)
-        if version is None:
-            raw = self.customers.get(key.encode())
-            version = int(orjson.loads(raw).get("gone", 0)) if raw else 0
-        return CustomerState(key, version=version)
-
-    def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
-        for key in sorted(batch):
-            state = self._load(key) or self._fresh(key)
-            self._gone.pop(key, None)
-            if self.engine.add(state, batch[key]):
-                self._settle(state, now)
-
-    def _settle(self, state: CustomerState, now: int) -> None:
-        changes = self.engine.settle(state, now)
-        self._stage_rows(changes, state.version)
-        self._dirty[state.customer] = state
-        if state.deadline is not None:
-            heapq.heappush(self.timers, (state.deadline, state.customer))
-        self.journey_metrics.changes(state, changes)
-
-    def _stage_rows(self, changes: Iterable[Change], version: int) -> None:
-        for sign, result in changes:
-            row = result_row(sign, result, version)
-            key = (row[0], row[1], row[2], row[3], row[6], version)
-            if sign > 0 or key not in self._rows:  # a new value for a key supersedes its withdrawal
-                self._rows[key] = row
-            self._changes.append(change_db_row(row, sign))  # the signed table keeps both
-
-    async def _commit(self) -> None:
-        """Write the batch's result rows in one insert (and its signed changes in another),
-        then record the new states.
-
-        In this order: a state in the changelog always has its rows in the warehouse, so a
-        restart never finds a state whose results were not written.
-        """
-        rows, self._rows = list(self._rows.values()), {}
-        changes, self._changes = self._changes, []
-        await self.sink.write(rows)
-        await self.changes_sink.write(changes)
-        await self._changelog_metadata()
-        for key, version in self._gone.items():
-            # A tombstone that keeps the key's last version (see _fresh); a few dozen bytes.
-            self.customers[key.encode()] = _tight(orjson.dumps({"gone": version}))
-        for key, state in self._dirty.items():
-            self.customers[key.encode()] = _tight(
-                orjson.dumps(dump_state(state, self.engine.fingerprint))
-            )
-        for key, entry in self._dirty_devices.items():
-            self.devices[key.encode()] = _tight(orjson.dumps(entry))
-        self._gone = {}
-        self._dirty = {}
-        self._dirty_devices = {}
+    async def _commit(self) -> asyncio.Future[None]:
+        """Hand what the batch changed to the writer (streams/writes.py): result rows, then
+        forwarded messages, then the new states, written in that order off the lock. Returns
+        the future to wait on (outside the lock) before the batch is acknowledged."""
+        fx = self.core.commit()
+        for deadline in fx.deadlines:
+            heapq.heappush(self.timers, deadline)
+        for key, owner in fx.owners.items():
+            if owner is None:
+                self.owners.pop(key.encode(), None)
+            else:
+                self.owners[key.encode()] = owner
+        if fx.merges:
+            self.metrics.identity_merges.inc(fx.merges)
+        if fx.moved:
+            self.metrics.identity_moved.inc(fx.moved)
+        for key, size in fx.refused:
+            self.metrics.journey_states_refused.inc()
+            log.error("event=state_refused customer=%s bytes=%d", key, size)
+        rows = ResultRows()
+        rows.add(fx.changes)
+        states = [(self.states, key.encode(), value) for key, value in fx.states.items()]
+        states += [(self.device_entries, key.encode(), v) for key, v in fx.devices.items()]
+        return await self.writer.submit(
+            rows.rows.values(), rows.changes, _forwarded(fx.forward), states
+        )
 
     async def _changelog_metadata(self) -> None:
         """Table writes look their changelog's partitions up in the producer's metadata without
@@ -663,19 +476,20 @@ class JourneyAgents:
             if producer.client.cluster.partitions_for_topic(topic) is None:
                 await producer.partitions_for(topic)
 
-    async def _send(self, forward: list[tuple[str, dict[str, Any]]]) -> None:
-        """Send forwarded messages in order, touchpoints for one key in a row as one message."""
-        merged: list[tuple[str, dict[str, Any]]] = []
-        for key, msg in forward:
-            prev = merged[-1] if merged else None
-            if prev is not None and prev[0] == key and prev[1]["kind"] == msg["kind"] == "tps":
-                prev[1]["tps"].extend(msg["tps"])
-            else:
-                merged.append((key, {**msg, "tps": list(msg["tps"])} if "tps" in msg else msg))
-        for key, msg in merged:
-            await self.journey_input.send(key=key.encode(), value=orjson.dumps(msg))
 
-    async def _send_tps(self, key: str, tps: list[Touchpoint]) -> None:
-        if tps:
-            value = orjson.dumps({"kind": "tps", "tps": [tp_to_list(tp) for tp in tps]})
-            await self.journey_input.send(key=key.encode(), value=value)
+def _forwarded(forward: list[tuple[str, Message]]) -> list[tuple[bytes, bytes]]:
+    """Forwarded messages in order, touchpoints for one key in a row as one message."""
+    merged: list[tuple[str, Message]] = []
+    for key, msg in forward:
+        prev = merged[-1] if merged else None
+        if (
+            prev is not None
+            and prev[0] == key
+            and prev[1]["kind"] == msg["kind"] == "tps"
+            and "past" not in prev[1]
+            and "past" not in msg
+        ):
+            prev[1]["tps"].extend(msg["tps"])
+        else:
+            merged.append((key, {**msg, "tps": list(msg["tps"])} if "tps" in msg else msg))
+    return [(key.encode(), orjson.dumps(msg)) for key, msg in merged]

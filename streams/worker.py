@@ -11,7 +11,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from streams.app import create_app
 from streams.web import CRASH_EXIT_CODE, WorkerWeb
-from tracker.core.journeys.codec import RESULT_COLUMNS
 from tracker.core.journeys.definition import load as load_journeys
 from tracker.core.journeys.definition import parse_duration_ms
 from tracker.core.journeys.engine import JourneyEngine
@@ -21,7 +20,7 @@ from tracker.metrics import Metrics
 from tracker.settings import Settings
 from tracker.warehouse.client import Warehouse
 from tracker.warehouse.schema import Layout, migrate
-from tracker.warehouse.sink import TOUCHPOINT_COLUMNS, TableSink
+from tracker.warehouse.sink import RESULT_COLUMNS, TOUCHPOINT_COLUMNS, TableSink
 
 log = logging.getLogger(__name__)
 

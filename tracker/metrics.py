@@ -165,6 +165,12 @@ class Metrics:
             "Touchpoints that arrived later than the allowed lateness; left out of journeys.",
             registry=registry,
         )
+        self.journey_states_refused = Counter(
+            "tracker_journey_states_refused_total",
+            "Customer states not written to the changelog because they exceed Kafka's message "
+            "size; the worker keeps the state in memory and logs event=state_refused.",
+            registry=registry,
+        )
         self.identity_merges = Counter(
             "tracker_identity_merges_total",
             "Customers folded into another customer by an alias.",

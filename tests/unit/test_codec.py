@@ -10,11 +10,11 @@ from tracker.core.journeys.codec import (
     dump_state,
     load_emitted,
     load_state,
-    result_row,
     stored_deadline,
     tp_to_list,
 )
 from tracker.core.journeys.engine import CustomerState, JourneyEngine
+from tracker.warehouse.sink import result_row
 
 
 def _state(engine: JourneyEngine) -> CustomerState:

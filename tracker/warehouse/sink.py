@@ -11,11 +11,13 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-from tracker.core.journeys.codec import RESULT_COLUMNS
+from tracker.core.journeys.codec import kind_of
+from tracker.core.journeys.results import DropOff, Recovery, Result, StageEntered
 from tracker.errors import WarehouseError
 from tracker.metrics import Metrics
 from tracker.warehouse.client import Warehouse
@@ -56,6 +58,53 @@ def touchpoint_row(record: dict[str, Any], partition: int, offset: int) -> list[
     ]
 
 
+RESULT_COLUMNS = (
+    "journey", "kind", "customer", "instance", "instance_start", "stage", "level", "at", "since",
+    "duration_ms", "expired", "channel", "last_event", "message_id", "pain", "love", "version",
+    "is_deleted",
+)  # fmt: skip
+
+
+def result_row(sign: int, r: Result, version: int) -> list[Any]:
+    """One ``journey_results`` row; a withdrawn result is the same key with ``is_deleted=1``.
+
+    Times are epoch ms, which the DateTime64(3) columns take as they are.
+    """
+    start = int(r.instance.split(":", 1)[0])
+    stage, level, since, duration, expired, channel, last_event, message_id = (
+        "",
+        0,
+        0,
+        0,
+        0,
+        "",
+        "",
+        "",
+    )
+    pain: tuple[str, ...] = ()
+    love: tuple[str, ...] = ()
+    if isinstance(r, StageEntered):
+        stage, level, since, channel, message_id = r.stage, r.level, r.at, r.channel, r.message_id
+    elif isinstance(r, DropOff):
+        stage, level, since, duration = r.stage, r.level, r.entered_at, r.time_at_stage_ms
+        expired, channel, last_event, pain, love = (
+            int(r.expired),
+            r.last_channel,
+            r.last_event,
+            r.pain,
+            r.love,
+        )
+    elif isinstance(r, Recovery):
+        stage, level, since, duration = r.stage, r.level, r.dropped_at, r.at - r.dropped_at
+    else:
+        since, duration, channel = r.started_at, r.time_to_convert_ms, r.channel
+    return [
+        r.journey, kind_of(r), r.customer, r.instance, start, stage, level, r.at, since,
+        duration, expired, channel, last_event, message_id, list(pain), list(love), version,
+        int(sign < 0),
+    ]  # fmt: skip
+
+
 # journey_result_changes: a result row without is_deleted, with the change's sign instead.
 CHANGE_COLUMNS = (*RESULT_COLUMNS[:-1], "sign")
 
@@ -63,6 +112,24 @@ CHANGE_COLUMNS = (*RESULT_COLUMNS[:-1], "sign")
 def change_db_row(db_row: list[Any], sign: int) -> list[Any]:
     """A ``journey_result_changes`` row from a ``journey_results`` row and its change's sign."""
     return [*db_row[:-1], sign]
+
+
+class ResultRows:
+    """The result rows of a batch of signed changes: for ``journey_results`` the last row of each
+    key and version (a new value for a key supersedes its withdrawal), for
+    ``journey_result_changes`` every change (the signed table keeps both)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Any, ...], list[Any]] = {}
+        self.changes: list[list[Any]] = []
+
+    def add(self, changes: Iterable[tuple[int, Result, int]]) -> None:
+        for sign, result, version in changes:
+            row = result_row(sign, result, version)
+            key = (row[0], row[1], row[2], row[3], row[6], version)
+            if sign > 0 or key not in self.rows:
+                self.rows[key] = row
+            self.changes.append(change_db_row(row, sign))
 
 
 class TableSink:

@@ -1,5 +1,5 @@
 """Plain-data forms of the engine's values: customer states for changelog tables, touchpoints for
-forwarding between partitions, and results as warehouse rows."""
+forwarding between partitions. (Results as warehouse rows: ``tracker.warehouse.sink``.)"""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ _KINDS: dict[str, type[Any]] = {
     "conversion": Conversion,
 }
 _KIND_OF = {cls: name for name, cls in _KINDS.items()}
+
+
+def kind_of(r: Result) -> str:
+    """The name of ``r``'s kind: stage, dropoff, recovery or conversion."""
+    return _KIND_OF[type(r)]
 
 
 _NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
@@ -90,50 +95,3 @@ def stored_deadline(raw: dict[str, Any], fingerprint: str) -> tuple[bool, int | 
         return False, None
     deadline = raw["d"]
     return True, None if deadline is None else int(deadline)
-
-
-RESULT_COLUMNS = (
-    "journey", "kind", "customer", "instance", "instance_start", "stage", "level", "at", "since",
-    "duration_ms", "expired", "channel", "last_event", "message_id", "pain", "love", "version",
-    "is_deleted",
-)  # fmt: skip
-
-
-def result_row(sign: int, r: Result, version: int) -> list[Any]:
-    """One ``journey_results`` row; a withdrawn result is the same key with ``is_deleted=1``.
-
-    Times are epoch ms, which the DateTime64(3) columns take as they are.
-    """
-    start = int(r.instance.split(":", 1)[0])
-    stage, level, since, duration, expired, channel, last_event, message_id = (
-        "",
-        0,
-        0,
-        0,
-        0,
-        "",
-        "",
-        "",
-    )
-    pain: tuple[str, ...] = ()
-    love: tuple[str, ...] = ()
-    if isinstance(r, StageEntered):
-        stage, level, since, channel, message_id = r.stage, r.level, r.at, r.channel, r.message_id
-    elif isinstance(r, DropOff):
-        stage, level, since, duration = r.stage, r.level, r.entered_at, r.time_at_stage_ms
-        expired, channel, last_event, pain, love = (
-            int(r.expired),
-            r.last_channel,
-            r.last_event,
-            r.pain,
-            r.love,
-        )
-    elif isinstance(r, Recovery):
-        stage, level, since, duration = r.stage, r.level, r.dropped_at, r.at - r.dropped_at
-    else:
-        since, duration, channel = r.started_at, r.time_to_convert_ms, r.channel
-    return [
-        r.journey, _KIND_OF[type(r)], r.customer, r.instance, start, stage, level, r.at, since,
-        duration, expired, channel, last_event, message_id, list(pain), list(love), version,
-        int(sign < 0),
-    ]  # fmt: skip

@@ -1,10 +1,12 @@
-"""Customers, identities and journeys together: the reference implementation of rules 1-7.
+"""Customers, identities and journeys together, in one process: rules 1-7 as the worker runs them.
 
-A :class:`Stitcher` owns the customers it has seen: their histories, what was emitted for them,
-and a heap of the next drop-off deadline per customer, so a clock tick looks only at the
-customers that are due (rule 7), never at all of them. It also keeps every device's anonymous
-touchpoints with the id each is attributed to, so that a link arriving late can move exactly
-those whose owner it changes.
+A :class:`Stitcher` drives the worker's own core (:class:`~tracker.core.journeys.customers.
+Customers`) in a loop back to itself: the identity graph is kept in memory instead of in the
+identity agent, and the messages the worker would send through Kafka (touchpoints forwarded to
+their customer, ownership and device notices) are fed straight back in until none is left. So
+the unit and property tests that drive it test the code the worker runs. A heap of the next
+drop-off deadline per customer lets a clock tick look only at the customers that are due
+(rule 7), as the worker's timers do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracker.core.identity import MAX_USERS_PER_DEVICE, Identities, Link, links_of
+from tracker.core.journeys.customers import Customers, Effects, Message, link_notices
 from tracker.core.journeys.engine import Change, CustomerState, JourneyEngine, Touchpoint
 
 
@@ -31,33 +34,50 @@ class Stitcher:
     def __init__(self, engine: JourneyEngine, *, max_users: int = MAX_USERS_PER_DEVICE) -> None:
         self.engine = engine
         self.identities = Identities(max_users)
+        # Live customer states by key: the core's cache, never emptied here, so every customer
+        # the stitcher holds is in it (a test may replace a state with an equal one).
         self.customers: dict[str, CustomerState] = {}
-        # anonymousId -> messageId -> (touchpoint, the id it is attributed to, before aliases)
-        self.devices: dict[str, dict[str, tuple[Touchpoint, str]]] = {}
+        # What the worker's tables would hold: states and tombstones as bytes, device entries
+        # as bytes, and the owner of every id an alias merged into another customer.
+        self.stored: dict[str, bytes] = {}
+        self.devices: dict[str, bytes] = {}
+        self.owners: dict[str, str] = {}
+        self.core = Customers(
+            engine,
+            state_bytes=self.stored.get,
+            device_bytes=self.devices.get,
+            owner_of=self.owners.get,
+            cache=self.customers,
+        )
         self._timers: list[tuple[int, str]] = []
 
     def ingest(self, records: Iterable[dict[str, Any]], now: int) -> IngestReport:
+        """One batch of touchpoint records, as the worker handles a batch of its input."""
         report = IngestReport()
-        touched: set[str] = set()
+        by_sender: list[tuple[str, list[Touchpoint]]] = []
+        by_device: dict[str, list[Touchpoint]] = {}
+        links: list[Link] = []
         for record in records:
             tp = Touchpoint.from_record(record)
+            links += links_of(record)
             if self.engine.is_late(tp, now):
                 report.late += 1
                 continue
-            for link in links_of(record):
-                self._link(link, now, touched, report)
+            tp.bits = self.engine.signature(tp)
             user, anon = str(record["user_id"] or ""), str(record["anonymous_id"] or "")
-            owner = self.identities.owner(user, anon, tp.order)
-            if not user:
-                pool = self.devices.setdefault(anon, {})
-                if tp.message_id in pool:
-                    continue
-                tp.bits = self.engine.signature(tp)
-                pool[tp.message_id] = (tp, owner)
-            if self.engine.add(self._customer(owner), [tp]):
-                touched.add(self.identities.user_key(owner))
-        for key in sorted(touched & self.customers.keys()):  # some were merged away meanwhile
-            report.changes += self._settle(key, now)
+            if user or not anon:
+                by_sender.append((user or anon, [tp]))
+            else:
+                by_device.setdefault(anon, []).append(tp)
+        self.core.touchpoints(by_sender, by_device, now)
+        pending = self._carry_out(self.core.commit(), report)
+        notices, _, report.shared = link_notices(
+            self.identities, links, now - self.engine.lateness_ms
+        )
+        pending += notices
+        while pending:  # what the worker sends through Kafka comes straight back in
+            self.core.journey_input(pending, now)
+            pending = self._carry_out(self.core.commit(), report)
         return report
 
     def tick(self, now: int) -> list[Change]:
@@ -65,53 +85,23 @@ class Stitcher:
         due: set[str] = set()
         while self._timers and self._timers[0][0] < now:
             due.add(heapq.heappop(self._timers)[1])
-        changes: list[Change] = []
-        for key in sorted(due):
-            if key in self.customers:  # a merged-away customer's timer is stale
-                changes += self._settle(key, now)
-        return changes
+        self.core.settle_due(sorted(due), now)
+        report = IngestReport()
+        self._carry_out(self.core.commit(), report)
+        return report.changes
 
-    def _customer(self, owner: str) -> CustomerState:
-        key = self.identities.user_key(owner)
-        return self.customers.get(key) or self.customers.setdefault(key, CustomerState(key))
-
-    def _settle(self, key: str, now: int) -> list[Change]:
-        state = self.customers[key]
-        changes = self.engine.settle(state, now)
-        if state.deadline is not None:
-            heapq.heappush(self._timers, (state.deadline, key))
-        return changes
-
-    def _link(self, link: Link, now: int, touched: set[str], report: IngestReport) -> None:
-        ids = self.identities
-        before = {ids.user_key(link.from_id), ids.user_key(link.user_id)}
-        was_shared = ids.is_shared(link.from_id)
-        rekeyed, device_changed = ids.add(link, horizon=now - self.engine.lateness_ms)
-        after = ids.user_key(link.user_id)
-        for old in sorted(before - {after} if rekeyed else ()):
-            state = self.customers.pop(old, None)
-            if state is None:
-                continue
-            report.merges += 1
-            report.changes += self.engine.retract_all(state)
-            self.engine.add(self._customer(after), state.history)
-            touched.add(after)
-        if device_changed:
-            report.shared += ids.is_shared(link.from_id) and not was_shared
-            report.moved += self._place(link.from_id, touched)
-
-    def _place(self, anon: str, touched: set[str]) -> int:
-        """Move the device's anonymous touchpoints whose owner changed; returns how many."""
-        pool = self.devices.get(anon, {})
-        moved = 0
-        for mid, (tp, owner) in sorted(pool.items()):
-            new = self.identities.owner("", anon, tp.order)
-            if new == owner:
-                continue
-            old_key = self.identities.user_key(owner)
-            self.engine.remove(self.customers[old_key], [mid])
-            self.engine.add(self._customer(new), [tp])
-            pool[mid] = (tp, new)
-            touched |= {old_key, self.identities.user_key(new)}
-            moved += 1
-        return moved
+    def _carry_out(self, fx: Effects, report: IngestReport) -> list[tuple[str, Message]]:
+        """Do what the worker does with a batch's effects; returns the messages to send."""
+        report.changes += [(sign, result) for sign, result, _ in fx.changes]
+        report.merges += fx.merges
+        report.moved += fx.moved
+        self.stored.update(fx.states)
+        self.devices.update(fx.devices)
+        for key, owner in fx.owners.items():
+            if owner is None:
+                self.owners.pop(key, None)
+            else:
+                self.owners[key] = owner
+        for deadline in fx.deadlines:
+            heapq.heappush(self._timers, deadline)
+        return fx.forward

@@ -1,0 +1,127 @@
+"""The worker's core (tracker.core.journeys.customers): what it writes, what it refuses to write,
+what it keeps per device, and that states read back from their bytes give the same results."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from tests.unit.test_journey_rules import MIN, SHOP
+from tests.unit.test_stitching import LATENESS, rec
+from tracker.core.journeys.customers import (
+    STATE_WRITE_MAX_BYTES,
+    Customers,
+    Effects,
+    StateCache,
+)
+from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint
+from tracker.core.journeys.results import Result
+from tracker.core.journeys.stitcher import Stitcher
+
+
+class Tables:
+    """What the worker's tables hold, written from each batch's effects as the worker does."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, bytes] = {}
+        self.devices: dict[str, bytes] = {}
+        self.owners: dict[str, str] = {}
+        self.total: Counter[Result] = Counter()
+
+    def core(self, engine: JourneyEngine, cache: Any) -> Customers:
+        return Customers(
+            engine,
+            state_bytes=self.states.get,
+            device_bytes=self.devices.get,
+            owner_of=self.owners.get,
+            cache=cache,
+        )
+
+    def write(self, fx: Effects) -> None:
+        self.states.update(fx.states)
+        self.devices.update(fx.devices)
+        for sign, result, _ in fx.changes:
+            self.total[result] += sign
+
+
+def _tp(t_min: float, mid: str, event: str, engine: JourneyEngine) -> Touchpoint:
+    tp = Touchpoint.from_record(rec(t_min, mid, event, anon="x"))
+    tp.bits = engine.signature(tp)
+    return tp
+
+
+def test_a_state_too_big_for_kafka_is_refused_not_written_and_the_others_are() -> None:
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    tables = Tables()
+    cache: dict[str, CustomerState] = {}
+    core = tables.core(engine, cache)
+    # A state the engine's bounds never let grow this far: put in place as it stood.
+    big = CustomerState("bot")
+    big.history = [_tp(0, f"{i:08d}-" + "m" * 200, "FAQ Viewed", engine) for i in range(5_000)]
+    big.seen = {tp.message_id for tp in big.history}
+    cache["bot"] = big
+    core.touchpoints([("bot", [_tp(1, "one-more", "Product Viewed", engine)])], {}, now=MIN)
+    core.touchpoints([("small", [_tp(1, "s1", "Product Viewed", engine)])], {}, now=MIN)
+    fx = core.commit()
+    assert [key for key, _ in fx.refused] == ["bot"]
+    assert fx.refused[0][1] > STATE_WRITE_MAX_BYTES
+    assert set(fx.states) == {"small"}
+    assert len(fx.states["small"]) < 1_000
+    # The refused customer's results still come out, and its state stays held in memory.
+    assert {r.customer for _, r, _ in fx.changes} == {"bot", "small"}
+    assert cache["bot"] is big and len(big.history) == 5_001
+
+
+def test_a_device_keeps_only_anonymous_touchpoints_a_link_can_still_move() -> None:
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    stitcher = Stitcher(engine)
+    stitcher.ingest([rec(0, "i", "", anon="d", user="u", type="identify")], now=0)
+    stitcher.ingest([rec(1, "old", "Product Viewed", anon="d")], now=MIN)
+    assert set(orjson.loads(stitcher.devices["d"])["p"]) == {"old"}
+    later = 1 + (LATENESS + SHOP.window_ms) / MIN + 1  # minutes: "old" is beyond L + window
+    stitcher.ingest([rec(later, "new", "Product Viewed", anon="d")], now=int(later * MIN))
+    assert set(orjson.loads(stitcher.devices["d"])["p"]) == {"new"}
+    assert [tp.message_id for tp in stitcher.customers["u"].history] == ["i", "old", "new"]
+
+
+def test_a_moved_touchpoint_is_not_taken_out_by_its_own_move_arriving_late() -> None:
+    """u1 is an alias of u2; the device's touchpoint went to u1 and on to u2. A login moves it
+    from u1 to u2: taken out and put back where it is, never taken out after it arrived."""
+    stitcher = Stitcher(JourneyEngine([SHOP], lateness_ms=LATENESS))
+    total: Counter[Result] = Counter()
+    for r in [
+        rec(0, "al", "", user="u2", previous="u1", type="alias"),
+        rec(1, "i1", "", anon="d", user="u1", type="identify"),
+        rec(5, "pv", "Product Viewed", anon="d"),
+        rec(3, "i2", "", anon="d", user="u2", type="identify"),
+    ]:
+        report = stitcher.ingest([r], now=6 * MIN)
+        for sign, result in report.changes:
+            total[result] += sign
+    assert report.moved == 1
+    assert [tp.message_id for tp in stitcher.customers["u2"].history] == ["al", "i1", "i2", "pv"]
+    assert [(r.customer, r.at) for r in +total] == [("u2", 5 * MIN)]
+
+
+def test_states_read_back_from_their_bytes_give_the_same_results() -> None:
+    """A cache of one state: every other customer is loaded from what the last batch wrote."""
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    held, evicted = Tables(), Tables()
+    cores = [held.core(engine, {}), evicted.core(engine, StateCache(1))]
+    events = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
+    for step in range(12):
+        now = (step + 1) * MIN
+        key = f"c{step % 3}"
+        tp = Touchpoint.from_record(rec(step, f"m{step}", events[step // 3], anon=key))
+        tp.bits = engine.signature(tp)
+        for core, tables in zip(cores, (held, evicted), strict=True):
+            core.touchpoints([(key, [tp])], {}, now)
+            tables.write(core.commit())
+    for core, tables in zip(cores, (held, evicted), strict=True):
+        core.settle_due(["c0", "c1", "c2"], 100 * MIN)
+        tables.write(core.commit())
+    assert +held.total == +evicted.total
+    assert {(type(r).__name__, r.customer) for r in +held.total} >= {("Conversion", "c0")}
+    assert held.states == evicted.states
