@@ -138,6 +138,9 @@ class Writer:
         if not (unit.rows or changes or forward or states):
             unit.done.set_result(None)  # nothing to write, nothing to keep in order
             return unit.done
+        if not (unit.rows or changes or forward or states):
+            unit.done.set_result(None)  # nothing to write, nothing to keep in order
+            return unit.done
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         await self._queue.put(unit)
