@@ -57,7 +57,7 @@ class Touchpoint:
 
 
 @dataclass(slots=True)
-class _Open:
+class OpenInstance:
     start: int
     instance: str
     level: int  # 1-based index of the stage reached
@@ -69,97 +69,111 @@ class _Open:
     love: list[str] = field(default_factory=list)
 
 
-def evaluate(
-    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
-) -> list[Result]:
-    """Rules 3-5 over one customer's history (sorted by event time, then messageId), as of ``now``.
-
-    ``now`` is the processing-time clock: deadlines that have not passed it yet produce nothing.
-    With ``base``, rule matches are read from each touchpoint's ``bits`` (this journey's rules
-    start at bit ``base``: stages, then pain, then love) instead of being matched again.
-    """
-    return evaluate_with_deadline(journey, customer, history, now, base)[0]
+# Pain and love names kept per open stage: a bot's "slow page" would otherwise grow a drop-off's
+# signal list without end. The first ones met are kept.
+MAX_SIGNALS = 64
 
 
-def evaluate_with_deadline(
-    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
-) -> tuple[list[Result], int | None]:
-    """``evaluate``, and the deadline at which the results change next if no data arrives.
+@dataclass(slots=True)
+class Cursor:
+    """Where one journey's scan of a history stands: the rest of the history needs nothing else
+    from the touchpoints before it (the open instance, and the previous touchpoint's event and
+    channel, which a drop-off reports)."""
 
-    Only the last open instance waits on the clock: every earlier one was closed by a later
-    touchpoint. Its drop-off is due when time passes its deadline, unless it already dropped off.
-    """
-    out: list[Result] = []
-    stages = journey.stages
-    n_stages, n_pain = len(stages), len(journey.pain)
+    inst: OpenInstance | None = None
+    last_event: str = ""
+    last_channel: str = ""
 
-    if base is None:
-
-        def stage_hit(i: int, tp: Touchpoint) -> bool:
-            return stages[i].match.matches(tp)
-
-        def signals(tp: Touchpoint) -> tuple[list[str], list[str]]:
-            return (
-                [p.name for p in journey.pain if p.match.matches(tp)],
-                [p.name for p in journey.love if p.match.matches(tp)],
-            )
-    else:
-        at = base
-
-        def stage_hit(i: int, tp: Touchpoint) -> bool:
-            return bool(tp.bits >> (at + i) & 1)
-
-        def signals(tp: Touchpoint) -> tuple[list[str], list[str]]:
-            bits = tp.bits >> (at + n_stages)
-            if not bits:
-                return [], []
-            pain = [p.name for k, p in enumerate(journey.pain) if bits >> k & 1]
-            love = [p.name for k, p in enumerate(journey.love) if bits >> (n_pain + k) & 1]
-            return pain, love
-
-    last_level = len(stages)
-    inst: _Open | None = None
-    last: Touchpoint | None = None
-
-    def pass_time(inst: _Open, t: int) -> _Open | None:
-        # A deadline passes when time goes strictly beyond it.
-        if inst.dropped_at is None and t > inst.deadline:
-            stage = stages[inst.level - 1]
-            out.append(
-                DropOff(
-                    journey.name,
-                    customer,
-                    inst.instance,
-                    stage.name,
-                    inst.level,
-                    inst.entered_at,
-                    inst.deadline,
-                    inst.deadline == inst.expires,
-                    last.event if last else "",
-                    last.channel if last else "",
-                    tuple(inst.pain),
-                    tuple(inst.love),
-                )
-            )
-            inst.dropped_at = inst.deadline
-        return None if t > inst.expires else inst
-
-    def deadline(level: int, entered: int, expires: int) -> int:
-        timeout = stages[level - 1].timeout_ms
-        return expires if timeout is None else min(entered + timeout, expires)
-
-    for tp in history:
+    def copy(self) -> Cursor:
+        inst = self.inst
         if inst is not None:
-            inst = pass_time(inst, tp.t)
+            inst = replace(inst, pain=list(inst.pain), love=list(inst.love))
+        return Cursor(inst, self.last_event, self.last_channel)
+
+
+class _Rules:
+    """One journey's rule matches for a touchpoint: from its ``bits`` (the journey's rules start
+    at bit ``base``: stages, then pain, then love), or matched again when ``base`` is None."""
+
+    __slots__ = ("journey", "base", "n_stages", "n_pain")
+
+    def __init__(self, journey: Journey, base: int | None) -> None:
+        self.journey, self.base = journey, base
+        self.n_stages, self.n_pain = len(journey.stages), len(journey.pain)
+
+    def stage_hit(self, i: int, tp: Touchpoint) -> bool:
+        if self.base is None:
+            return self.journey.stages[i].match.matches(tp)
+        return bool(tp.bits >> (self.base + i) & 1)
+
+    def signals(self, tp: Touchpoint) -> tuple[list[str], list[str]]:
+        j = self.journey
+        if self.base is None:
+            return (
+                [p.name for p in j.pain if p.match.matches(tp)],
+                [p.name for p in j.love if p.match.matches(tp)],
+            )
+        bits = tp.bits >> (self.base + self.n_stages)
+        if not bits:
+            return [], []
+        pain = [p.name for k, p in enumerate(j.pain) if bits >> k & 1]
+        love = [p.name for k, p in enumerate(j.love) if bits >> (self.n_pain + k) & 1]
+        return pain, love
+
+
+def advance(rules: _Rules, customer: str, cur: Cursor, t: int, out: list[Result]) -> None:
+    """Let time pass to ``t`` with no touchpoint: the open instance's deadline passes when time
+    goes strictly beyond it (a drop-off), and the instance closes once ``t`` is past its window."""
+    inst = cur.inst
+    if inst is None:
+        return
+    if inst.dropped_at is None and t > inst.deadline:
+        stage = rules.journey.stages[inst.level - 1]
+        out.append(
+            DropOff(
+                rules.journey.name,
+                customer,
+                inst.instance,
+                stage.name,
+                inst.level,
+                inst.entered_at,
+                inst.deadline,
+                inst.deadline == inst.expires,
+                cur.last_event,
+                cur.last_channel,
+                tuple(inst.pain),
+                tuple(inst.love),
+            )
+        )
+        inst.dropped_at = inst.deadline
+    if t > inst.expires:
+        cur.inst = None
+
+
+def _deadline(journey: Journey, level: int, entered: int, expires: int) -> int:
+    timeout = journey.stages[level - 1].timeout_ms
+    return expires if timeout is None else min(entered + timeout, expires)
+
+
+def scan(
+    rules: _Rules, customer: str, cur: Cursor, tps: Iterable[Touchpoint], out: list[Result]
+) -> None:
+    """Rules 3-5 over ``tps`` (in order), from ``cur`` on; moves ``cur`` past them."""
+    journey = rules.journey
+    stages = journey.stages
+    last_level = len(stages)
+    for tp in tps:
+        advance(rules, customer, cur, tp.t, out)
+        inst = cur.inst
         if inst is None:
-            if stage_hit(0, tp):
+            if rules.stage_hit(0, tp):
                 expires = tp.t + journey.window_ms
-                inst = _Open(
+                inst = cur.inst = OpenInstance(
                     start=tp.t,
                     instance=f"{tp.t}:{tp.message_id}",
                     level=1,
                     entered_at=tp.t,
-                    deadline=deadline(1, tp.t, expires),
+                    deadline=_deadline(journey, 1, tp.t, expires),
                     expires=expires,
                 )
                 out.append(
@@ -174,14 +188,16 @@ def evaluate_with_deadline(
                         tp.channel,
                     )
                 )
-            last = tp
+            cur.last_event, cur.last_channel = tp.event, tp.channel
             continue
         if inst.dropped_at is None:
-            pain, love = signals(tp)
-            inst.pain.extend(pain)
-            inst.love.extend(love)
+            pain, love = rules.signals(tp)
+            if pain and len(inst.pain) < MAX_SIGNALS:
+                inst.pain.extend(pain[: MAX_SIGNALS - len(inst.pain)])
+            if love and len(inst.love) < MAX_SIGNALS:
+                inst.love.extend(love[: MAX_SIGNALS - len(inst.love)])
         nxt = stages[inst.level]
-        if stage_hit(inst.level, tp):
+        if rules.stage_hit(inst.level, tp):
             if inst.dropped_at is not None:
                 out.append(
                     Recovery(
@@ -211,17 +227,50 @@ def evaluate_with_deadline(
                 out.append(
                     Conversion(journey.name, customer, inst.instance, inst.start, tp.t, tp.channel)
                 )
-                inst = None
+                cur.inst = None
             else:
                 inst.entered_at = tp.t
-                inst.deadline = deadline(inst.level, tp.t, inst.expires)
+                inst.deadline = _deadline(journey, inst.level, tp.t, inst.expires)
                 inst.dropped_at = None
                 inst.pain.clear()
                 inst.love.clear()
-        last = tp
-    if inst is not None and pass_time(inst, now) is not None and inst.dropped_at is None:
-        return out, inst.deadline
-    return out, None
+        cur.last_event, cur.last_channel = tp.event, tp.channel
+
+
+def evaluate(
+    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
+) -> list[Result]:
+    """Rules 3-5 over one customer's history (sorted by event time, then messageId), as of ``now``.
+
+    ``now`` is the processing-time clock: deadlines that have not passed it yet produce nothing.
+    With ``base``, rule matches are read from each touchpoint's ``bits`` (this journey's rules
+    start at bit ``base``: stages, then pain, then love) instead of being matched again.
+    """
+    return evaluate_with_deadline(journey, customer, history, now, base)[0]
+
+
+def evaluate_with_deadline(
+    journey: Journey,
+    customer: str,
+    history: list[Touchpoint],
+    now: int,
+    base: int | None = None,
+    start: Cursor | None = None,
+) -> tuple[list[Result], int | None]:
+    """``evaluate``, and the deadline at which the results change next if no data arrives.
+
+    With ``start``, the history goes on from that cursor (a folded past) and only the results
+    from there on are listed. Only the last open instance waits on the clock: every earlier one
+    was closed by a later touchpoint. Its drop-off is due when time passes its deadline, unless
+    it already dropped off.
+    """
+    out: list[Result] = []
+    rules = _Rules(journey, base)
+    cur = start.copy() if start is not None else Cursor()
+    scan(rules, customer, cur, history, out)
+    advance(rules, customer, cur, now, out)
+    inst = cur.inst
+    return out, inst.deadline if inst is not None and inst.dropped_at is None else None
 
 
 @dataclass
