@@ -51,7 +51,7 @@ from streams.journey_metrics import JourneyMetrics
 from tracker.core.identity import Device, Identities, Link, links_of
 from tracker.core.journeys.codec import (
     dump_state,
-    load_emitted,
+    load_counted,
     load_state,
     result_row,
     stored_deadline,
@@ -558,7 +558,7 @@ class JourneyAgents:
                 continue
             known, deadline = stored_deadline(data, self.engine.fingerprint)
             if known:
-                emitted = CustomerState(customer, emitted=load_emitted(data))
+                emitted = load_counted(data, self.engine.fingerprint)
                 self.journey_metrics.add_state(emitted)
             else:
                 state = load_state(data, self.engine.fingerprint)
@@ -635,6 +635,7 @@ class JourneyAgents:
         In this order: a state in the changelog always has its rows in the warehouse, so a
         restart never finds a state whose results were not written.
         """
+        self.journey_metrics.drain(self.engine.counts)
         rows, self._rows = list(self._rows.values()), {}
         changes, self._changes = self._changes, []
         await self.sink.write(rows)
