@@ -94,7 +94,9 @@ class Stitcher:
                 continue
             report.merges += 1
             report.changes += self.engine.retract_all(state)
-            self.engine.add(self._customer(after), state.history)
+            owner = self._customer(after)
+            self.engine.adopt_past(owner, self.engine.past(state))  # False: counted in engine
+            self.engine.add(owner, state.history)
             touched.add(after)
         if device_changed:
             report.shared += ids.is_shared(link.from_id) and not was_shared
