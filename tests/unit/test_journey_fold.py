@@ -75,12 +75,12 @@ def test_a_fold_drops_only_results_no_late_data_can_change() -> None:
     state = CustomerState("c1")
     bought = [tp(0, "Product Viewed"), tp(1, "Product Added"), tp(2, "Checkout Started"),
               tp(3, "Order Completed")]  # fmt: skip
-    across, later = tp(55, "Product Viewed"), tp(200, "Product Viewed")
+    across, later = tp(55, "Product Viewed"), tp(130, "Product Viewed")
     engine.add(state, [*bought, across, later])
-    changes = engine.settle(state, 205 * MIN)  # the cut: minute 60
+    changes = engine.settle(state, 140 * MIN)  # the cut: minute 60
     assert state.cutoff == 60 * MIN
     assert [t.message_id for t in state.history] == [later.message_id]
-    everything = settled([*bought, across, later], 205 * MIN)
+    everything = settled([*bought, across, later], 140 * MIN)
     assert Counter(r for _, r in changes) == everything
     # Left: the drop-off of the instance open across the cut (due after it) and the new one.
     kept = {(r.instance, type(r).__name__) for r in state.emitted}
@@ -94,12 +94,12 @@ def test_a_fold_drops_only_results_no_late_data_can_change() -> None:
     # Folded ids within L before the cut (here all of them) are kept against copies.
     assert state.recent == {t.message_id: t.t for t in [*bought, across]}
     # Settling again changes nothing, and the next touchpoint carries on from the checkpoint.
-    assert engine.settle(state, 205 * MIN) == []
-    added = tp(201, "Product Added")
+    assert engine.settle(state, 140 * MIN) == []
+    added = tp(131, "Product Added")
     engine.add(state, [added])
     total = everything.copy()
-    tally(total, engine.settle(state, 206 * MIN))
-    assert +total == settled([*bought, across, later, added], 206 * MIN)
+    tally(total, engine.settle(state, 141 * MIN))
+    assert +total == settled([*bought, across, later, added], 141 * MIN)
 
 
 def _folded(engine: JourneyEngine) -> tuple[CustomerState, Counter[Result], Touchpoint]:
@@ -107,7 +107,7 @@ def _folded(engine: JourneyEngine) -> tuple[CustomerState, Counter[Result], Touc
     pv = tp(50, "Product Viewed", mid="dup")
     engine.add(state, [pv])
     total: Counter[Result] = Counter()
-    tally(total, engine.settle(state, 205 * MIN))  # cut at minute 60: pv is folded
+    tally(total, engine.settle(state, 140 * MIN))  # cut at minute 60: pv is folded
     assert not state.history and "dup" in state.recent
     return state, total, pv
 
@@ -115,10 +115,10 @@ def _folded(engine: JourneyEngine) -> tuple[CustomerState, Counter[Result], Touc
 def test_a_copy_of_a_folded_touchpoint_counts_once() -> None:
     engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
     state, total, pv = _folded(engine)
-    copy = replace(pv, t=150 * MIN)  # a retry whose event time moved past the cut
+    copy = replace(pv, t=135 * MIN)  # a retry whose event time moved past the cut
     assert engine.add(state, [copy]) == 0
-    assert engine.settle(state, 206 * MIN) == []
-    assert +total == settled([pv], 206 * MIN)
+    assert engine.settle(state, 141 * MIN) == []
+    assert +total == settled([pv], 141 * MIN)
 
 
 def test_a_touchpoint_behind_the_fold_is_counted_and_left_out() -> None:
@@ -127,7 +127,7 @@ def test_a_touchpoint_behind_the_fold_is_counted_and_left_out() -> None:
     behind = tp(52, "Product Added")  # forwarded by a merge: it never met the lateness check
     assert engine.add(state, [behind]) == 0
     assert engine.counts["left_out_behind_fold"] == 1
-    assert engine.settle(state, 206 * MIN) == []
+    assert engine.settle(state, 141 * MIN) == []
 
 
 def _bot(n: int, start: int = 0) -> list[Touchpoint]:
@@ -205,7 +205,7 @@ def test_a_folded_state_round_trips_and_a_definition_change_resets_its_cursors()
     raw = orjson.loads(orjson.dumps(dump_state(state, engine.fingerprint)))
     back = load_state(raw, engine.fingerprint)
     assert (back.cutoff, back.cursors, back.recent) == (state.cutoff, state.cursors, state.recent)
-    assert engine.results(back, 206 * MIN) == engine.results(state, 206 * MIN)
+    assert engine.results(back, 141 * MIN) == engine.results(state, 141 * MIN)
     other = load_state(raw, "other-definitions")
     assert other.cursors is None and other.cutoff == state.cutoff
 
@@ -227,29 +227,29 @@ def test_merge_adopts_the_only_folded_past() -> None:
     member_total: Counter[Result] = Counter()
     member = CustomerState("member")
     engine.add(member, [viewed])
-    tally(member_total, engine.settle(member, 185 * MIN))  # folded at minute 60, open there
+    tally(member_total, engine.settle(member, 140 * MIN))  # folded at minute 60, open there
     owner_total: Counter[Result] = Counter()
     owner = CustomerState("owner")
     engine.add(owner, [added])
-    tally(owner_total, engine.settle(owner, 185 * MIN))
+    tally(owner_total, engine.settle(owner, 140 * MIN))
     assert member.cursors is not None and owner.cursors is None
     # The merge, as the worker carries it: retract, move the past (as plain data), add the rest.
     tally(member_total, engine.retract_all(member))
     past = load_past(orjson.loads(orjson.dumps(dump_past(member))))
     assert engine.adopt_past(owner, past)
     engine.add(owner, member.history)
-    tally(owner_total, engine.settle(owner, 186 * MIN))
+    tally(owner_total, engine.settle(owner, 141 * MIN))
     # Exact, except that the result already final keeps the key it had then.
     assert _anonymous(+member_total + +owner_total) == _anonymous(
-        settled([viewed, added], 186 * MIN)
+        settled([viewed, added], 141 * MIN)
     )
     assert {r.customer for r in +member_total} == {"member"}
 
 
 def test_merge_of_two_folded_pasts_is_counted() -> None:
     engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
-    member = _customer(engine, "member", [tp(55, "Product Viewed")], 185 * MIN)
-    owner = _customer(engine, "owner", [tp(50, "Product Viewed")], 185 * MIN)
+    member = _customer(engine, "member", [tp(55, "Product Viewed")], 140 * MIN)
+    owner = _customer(engine, "owner", [tp(50, "Product Viewed")], 140 * MIN)
     before = owner.cursors
     assert not engine.adopt_past(owner, engine.past(member))
     assert owner.cursors is before and engine.counts["pasts_dropped"] == 1

@@ -85,10 +85,11 @@ class Cursor:
     last_channel: str = ""
 
     def copy(self) -> Cursor:
-        inst = self.inst
-        if inst is not None:
-            inst = replace(inst, pain=list(inst.pain), love=list(inst.love))
-        return Cursor(inst, self.last_event, self.last_channel)
+        i = self.inst
+        if i is not None:
+            i = OpenInstance(i.start, i.instance, i.level, i.entered_at, i.deadline, i.expires,
+                             i.dropped_at, list(i.pain), list(i.love))  # fmt: skip
+        return Cursor(i, self.last_event, self.last_channel)
 
 
 class _Rules:
@@ -334,7 +335,7 @@ class JourneyEngine:
         self.max_state_bytes = max_state_bytes
         # The cut moves in steps of F = L (at least a second), so a customer folds at most
         # once per step, and 2L-3L of touchpoints stay live.
-        self.fold_step = max(lateness_ms, 1000)
+        self.fold_step = max(lateness_ms // 4, 1000)
         self.bases: list[int] = []
         self.rules: list[Any] = []
         for j in self.journeys:
@@ -344,6 +345,7 @@ class JourneyEngine:
         self._stage_masks = [
             ((1 << len(j.stages)) - 1) << b for j, b in zip(self.journeys, self.bases, strict=True)
         ]
+        self._journeys_hit: dict[int, int] = {}
         digest = hashlib.sha1(repr(self.journeys).encode(), usedforsecurity=False)
         self.fingerprint = digest.hexdigest()[:12]  # what a touchpoint's bits refer to
         # hot_keys, folded, left_out_behind_fold, left_out_hot_key, pasts_dropped, state_guard
@@ -410,7 +412,11 @@ class JourneyEngine:
         """About what ``tp`` costs in a stored state: its own entry, and the results it may give
         (one or two per journey whose stages it matches) with their instance and messageIds."""
         own = len(tp.message_id) + len(tp.event) + len(tp.channel) + 48
-        journeys = sum(1 for mask in self._stage_masks if tp.bits & mask)
+        journeys = self._journeys_hit.get(tp.bits)
+        if journeys is None:
+            journeys = sum(1 for mask in self._stage_masks if tp.bits & mask)
+            if len(self._journeys_hit) < 4096:  # one entry per rule signature met
+                self._journeys_hit[tp.bits] = journeys
         return own + journeys * (4 * len(tp.message_id) + 400)
 
     def _fold_hot(self, state: CustomerState) -> None:
