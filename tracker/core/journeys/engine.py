@@ -1,9 +1,11 @@
 """The journey rules (docs/journeys.md states them; this module is their implementation).
 
-The engine recomputes a customer's results from the customer's whole (bounded) history whenever
-the history or the clock changes, and emits the difference to what it emitted before. So the
-results never depend on arrival order: whatever order touchpoints and links came in, once they are
-all in, the emitted results sum to those of the complete history.
+The engine recomputes a customer's results whenever the history or the clock changes, and emits
+the difference to what it emitted before. So the results never depend on arrival order: whatever
+order touchpoints and links came in, once they are all in, the emitted results sum to those of the
+complete history. It recomputes from a checkpoint, not from the first touchpoint: what no late
+data can reach any more is folded into one cursor per journey (docs/journeys.md, "Bounded
+state"), so a customer's state and the cost of a touchpoint stay bounded.
 """
 
 from __future__ import annotations
