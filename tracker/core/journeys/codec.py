@@ -82,7 +82,7 @@ def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
 
     ``fingerprint`` names the journey definitions the touchpoints' rule bits refer to. The
     folded past (cutoff ``k``, cursors ``q``, recent messageIds ``r``, hot ``x``) is written
-    only once there is one.
+    only once there is one; ``w`` is the live history's estimated size (``JourneyEngine.add``).
     """
     raw: dict[str, Any] = {
         "f": fingerprint,
@@ -102,6 +102,8 @@ def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
         raw["r"] = state.recent
     if state.hot:
         raw["x"] = 1
+    if state.weight >= 0 and state.history:
+        raw["w"] = state.weight  # the hot-key estimate, so a load need not count it again
     return raw
 
 
@@ -125,6 +127,7 @@ def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
         cursors=_cursors(raw) if same else None,
         recent=dict(raw.get("r") or {}),
         hot=bool(raw.get("x")),
+        weight=raw.get("w", -1) if history else 0,
     )
 
 
