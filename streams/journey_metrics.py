@@ -11,7 +11,9 @@ entering stage L is +1 at L and -1 at L-1; a drop-off at S is -1 at S, a recover
 (the instance then enters the next stage); a conversion is -1 at the last stage. faust revokes
 every partition at a rebalance (and the agents then own none), so the counts are dropped there;
 after the rebalance the worker recounts them from the customer states of the partitions it owns.
-The gauge reads the counts when scraped.
+The gauge reads the counts when scraped. A customer state keeps only its live results (final ones
+are folded out, see docs/journeys.md "Bounded state"); a recount adds to them what the folded
+past left open: the checkpoint's open instance per journey.
 
 Durations are observed when a result is first emitted; a re-emission under another customer key
 (after an identity merge) is observed again.
@@ -24,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tracker.core.journeys.definition import Journey
-from tracker.core.journeys.engine import Change, CustomerState
+from tracker.core.journeys.engine import Change, Cursor, CustomerState, Past
 from tracker.core.journeys.results import Conversion, DropOff, Recovery, Result, StageEntered
 from tracker.metrics import Metrics
 
@@ -36,7 +38,9 @@ _Key = tuple[str, str]  # (journey, stage)
 class JourneyMetrics:
     def __init__(self, journeys: Iterable[Journey], metrics: Metrics) -> None:
         self.metrics = metrics
+        journeys = tuple(journeys)
         self.stages = {j.name: [s.name for s in j.stages] for j in journeys}
+        self.order = [j.name for j in journeys]  # the engine's journey order, as its cursors are
         self.open: Counter[_Key] = Counter()
         # Metric children by (metric, labels): labels() takes a lock and builds a key each time,
         # and this runs for every result. Bounded by the label sets of the definitions.
@@ -87,7 +91,7 @@ class JourneyMetrics:
                 )
             elif isinstance(result, StageEntered) and result.level > 1:
                 if entered is None:
-                    entered = _entries(state)
+                    entered = _entries(state, self.order)
                 since = entered.get((result.journey, result.instance, result.level - 1))
                 if since is not None:
                     stage = self.stages[result.journey][result.level - 2]
@@ -100,9 +104,34 @@ class JourneyMetrics:
         self.open.clear()
 
     def add_state(self, state: CustomerState) -> None:
-        """Count the open instances of a recovered customer state (after :meth:`reset`)."""
+        """Count the open instances of a recovered customer state (after :meth:`reset`): those
+        its checkpoint left open, moved on by its live results."""
+        self._checkpoint(state.cursors, +1)
         for result, n in state.emitted.items():
             self._open_delta(n, result)
+
+    def past(self, past: Past | None, sign: int) -> None:
+        """A folded past moves with an identity merge: -1 for the member's (its key goes away),
+        +1 for the owner's when ``JourneyEngine.adopt_past`` took it (before the owner settles)."""
+        if past is not None:
+            self._checkpoint(past.cursors, sign)
+
+    def _checkpoint(self, cursors: list[Cursor] | None, sign: int) -> None:
+        """What a folded past leaves open: the open instance of each journey's cursor."""
+        for journey, cur in zip(self.order, cursors or (), strict=False):
+            inst = cur.inst
+            if inst is not None and inst.dropped_at is None:
+                self.open[(journey, self.stages[journey][inst.level - 1])] += sign
+
+    def drain(self, counts: Counter[str]) -> None:
+        """Move the engine's tallies (``JourneyEngine.counts``) into the metrics."""
+        m = self.metrics
+        m.journey_hot_keys.inc(counts.pop("hot_keys", 0))
+        m.journey_folded.inc(counts.pop("folded", 0))
+        m.journey_left_out.labels("behind_fold").inc(counts.pop("left_out_behind_fold", 0))
+        m.journey_left_out.labels("hot_key").inc(counts.pop("left_out_hot_key", 0))
+        m.journey_pasts_dropped.inc(counts.pop("pasts_dropped", 0))
+        m.journey_state_guard.inc(counts.pop("state_guard", 0))
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -144,7 +173,14 @@ def _identity(r: Result) -> tuple[type, str, str, int]:
     return (type(r), r.journey, r.instance, getattr(r, "level", 0))
 
 
-def _entries(state: CustomerState) -> dict[tuple[str, str, int], int]:
-    return {
-        (r.journey, r.instance, r.level): r.at for r in state.emitted if isinstance(r, StageEntered)
-    }
+def _entries(state: CustomerState, order: list[str]) -> dict[tuple[str, str, int], int]:
+    """When each stage of the live instances was entered: from the live results, else (an
+    instance open across the cut) from the checkpoint."""
+    out = {}
+    for journey, cur in zip(order, state.cursors or (), strict=False):
+        if cur.inst is not None:
+            out[(journey, cur.inst.instance, cur.inst.level)] = cur.inst.entered_at
+    for r in state.emitted:
+        if isinstance(r, StageEntered):
+            out[(r.journey, r.instance, r.level)] = r.at
+    return out

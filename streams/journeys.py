@@ -49,7 +49,7 @@ from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
 from streams.writes import DirectTable, Writer
 from tracker.core.identity import Identities, Link, links_of
-from tracker.core.journeys.codec import load_emitted, load_state, stored_deadline
+from tracker.core.journeys.codec import load_counted, load_state, stored_deadline
 from tracker.core.journeys.customers import (
     Customers,
     Message,
@@ -57,7 +57,7 @@ from tracker.core.journeys.customers import (
     device_of,
     link_notices,
 )
-from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint
+from tracker.core.journeys.engine import JourneyEngine, Touchpoint
 from tracker.metrics import Metrics
 from tracker.settings import Settings
 from tracker.warehouse.sink import CHANGE_COLUMNS, ResultRows, TableSink, touchpoint_row
@@ -152,6 +152,7 @@ class JourneyAgents:
             owner_of=self._owner_of,
             cache=self.cache,
             on_changes=self.journey_metrics.changes,
+            on_past=self.journey_metrics.past,
         )
         self.lock = asyncio.Lock()
         self.timers: list[tuple[int, str]] = []
@@ -416,7 +417,7 @@ class JourneyAgents:
                 continue
             known, deadline = stored_deadline(data, self.engine.fingerprint)
             if known:
-                emitted = CustomerState(customer, emitted=load_emitted(data))
+                emitted = load_counted(data, self.engine.fingerprint)
                 self.journey_metrics.add_state(emitted)
             else:
                 state = load_state(data, self.engine.fingerprint)
@@ -443,6 +444,7 @@ class JourneyAgents:
         """Hand what the batch changed to the writer (streams/writes.py): result rows, then
         forwarded messages, then the new states, written in that order off the lock. Returns
         the future to wait on (outside the lock) before the batch is acknowledged."""
+        self.journey_metrics.drain(self.engine.counts)
         fx = self.core.commit()
         for deadline in fx.deadlines:
             heapq.heappush(self.timers, deadline)

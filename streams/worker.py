@@ -50,7 +50,12 @@ def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | Non
         lateness_ms = parse_duration_ms(settings.allowed_lateness)
     except ValueError as exc:
         raise ConfigError(f"TRACKER_ALLOWED_LATENESS: {exc}", field="allowed_lateness") from None
-    engine = JourneyEngine(journeys, lateness_ms=lateness_ms)
+    engine = JourneyEngine(
+        journeys,
+        lateness_ms=lateness_ms,
+        max_live_touchpoints=settings.journey_max_live_touchpoints,
+        max_state_bytes=settings.journey_max_state_bytes,
+    )
     app = create_app(
         settings, bootstrap, sink=sink, results_sink=results_sink, engine=engine, metrics=metrics
     )

@@ -166,6 +166,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         result = {"runs": [restart.run(settings, customers=n) for n in args.customers]}
         rows = registry.restart_rows(result)
+    elif args.bench == "history":
+        from tracker.bench import history
+
+        result = history.run(settings, sizes=tuple(args.touchpoints))
+        rows = registry.history_rows(result)
     elif args.bench == "collector":
         from tracker.bench import collector
 
@@ -295,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("restart", help="worker start -> first new event written, vs in memory")
     b.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="customers of state, one run each")  # fmt: skip
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("history", help="time per added touchpoint vs a customer's history size")
+    b.add_argument("--touchpoints", type=int, nargs="+", default=[10, 1_000, 10_000, 100_000],
+                   help="history sizes (spread over a year), one run each")  # fmt: skip
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
     b = bench.add_parser("all", help="every benchmark, one table, JSON with a timestamp")

@@ -91,6 +91,10 @@ SETTINGS: dict[str, dict[str, str]] = {
         "invalid)",
         "allowed_lateness": "touchpoints later than this are stored raw but left out of journeys",
         "timer_interval": "seconds between checks for due drop-off deadlines (at most 1)",
+        "journey_max_live_touchpoints": "touchpoints one customer keeps live; beyond it the key "
+        "is hot: folded early, its journeys use its newest touchpoints (docs/journeys.md)",
+        "journey_max_state_bytes": "the most bytes one customer's stored state takes (a hot key "
+        "is folded to stay within it; at most 900 KiB, under Kafka's message limit)",
         "max_users_per_device": "a device (anonymousId) linked to more userIds than this is shared "
         "(a kiosk): its anonymous touchpoints stay its own customer (docs/journeys.md, rule 1)",
     },

@@ -171,6 +171,39 @@ class Metrics:
             "size; the worker keeps the state in memory and logs event=state_refused.",
             registry=registry,
         )
+        self.journey_hot_keys = Counter(
+            "tracker_journey_hot_keys_total",
+            "Customer keys that went over a hard bound (TRACKER_JOURNEY_MAX_LIVE_TOUCHPOINTS, "
+            "TRACKER_JOURNEY_MAX_STATE_BYTES): their journeys use their newest touchpoints.",
+            registry=registry,
+        )
+        self.journey_left_out = Counter(
+            "tracker_journey_left_out_total",
+            "Touchpoints left out of journeys (raw rows stored) because they lay behind a "
+            "customer's folded past: forwarded or merged ones (behind_fold), or a hot key's "
+            "older ones (hot_key).",
+            ["reason"],
+            registry=registry,
+        )
+        self.journey_folded = Counter(
+            "tracker_journey_folded_total",
+            "Touchpoints folded out of customer states (their results are final).",
+            registry=registry,
+        )
+        self.journey_pasts_dropped = Counter(
+            "tracker_journey_pasts_dropped_total",
+            "Identity merges where both customers had a folded past: the member's was dropped "
+            "(its final results stay under its own key).",
+            registry=registry,
+        )
+        self.journey_state_guard = Counter(
+            "tracker_journey_state_guard_total",
+            "Customer states folded completely because their stored form was over "
+            "TRACKER_JOURNEY_MAX_STATE_BYTES.",
+            registry=registry,
+        )
+        for reason in ("behind_fold", "hot_key"):
+            self.journey_left_out.labels(reason)
         self.identity_merges = Counter(
             "tracker_identity_merges_total",
             "Customers folded into another customer by an alias.",

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     # Journeys.
     journeys_file: Path = Field(default_factory=lambda: defaults.path("journeys.example.yaml"))
     allowed_lateness: str = "1h"  # later touchpoints are stored raw but left out of journeys
+    # Hard bounds per customer (a hot key: a bot, a shared kiosk id). Beyond them its journeys use
+    # its newest touchpoints; raw rows are still stored. See docs/journeys.md, "Hot keys".
+    journey_max_live_touchpoints: int = Field(default=2000, ge=10)
+    journey_max_state_bytes: int = Field(default=512 * 1024, ge=16 * 1024, le=900 * 1024)
     # A device (anonymousId) linked to more userIds than this is shared (a kiosk): its anonymous
     # touchpoints stay on its own customer instead of going to the user logged in at the time.
     max_users_per_device: int = Field(default=10, ge=1)

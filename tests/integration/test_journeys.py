@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.integration.processes import Process, post, query, wait_until
-from tests.integration.topics import uncommitted
+from tests.integration.topics import read_topic, uncommitted
 from tracker.kafka.broker import EmbeddedKafka
 from tracker.settings import Settings
 
@@ -529,3 +529,63 @@ def test_with_one_of_two_workers_killed_for_good_every_drop_off_is_there(
         assert _assigned(survivor) == 4
     finally:
         survivor.stop()
+
+
+def test_a_hot_key_neither_crashes_nor_changes_the_others(
+    collector: Process, start_worker: Any, unique: str, kafka: EmbeddedKafka,
+    journey_settings: Settings,
+) -> None:  # fmt: skip
+    """One id (a bot) sends 50,000 stage-matching touchpoints with uuid messageIds, as SDKs
+    send them, while other customers shop: the worker stays up, the bot's key is folded as a hot
+    key within its bounds, and everyone else's results are exact. (How soon their drop-offs come
+    under such load is a benchmark's question, not this test's.)"""
+    import uuid
+
+    worker = start_worker()
+    bot = f"{unique}-bot"
+    t0 = int(time.time() * 1000) - 50 * 60_000  # within the allowed lateness (1 h)
+    bot_events = ["Product Viewed", "Product Added", "Checkout Started", "Page Loaded"]
+    others = [f"{unique}-c{i:02d}" for i in range(10)]
+    shopped = int(time.time() * 1000) - 60_000  # every browse timeout (15 s) has passed
+    expected = []
+    began = time.monotonic()
+    for i in range(0, 50_000, 500):
+        send(collector, *(
+            msg(str(uuid.uuid4()), t0 + j * 50, bot_events[j % 4], anonymousId=bot,
+                properties={"load_ms": 5000})
+            for j in range(i, i + 500)
+        ))  # fmt: skip
+        if i % 5000 == 0:  # one of the others, between the bot's requests
+            c = others[i // 5000]
+            if i // 5000 % 2:  # converts
+                steps = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
+                send(collector, *(msg(f"{c}-{k}", shopped + k * 1000, e, anonymousId=c)
+                                  for k, e in enumerate(steps)))  # fmt: skip
+                expected += [(c, "stage", s, shopped + k * 1000) for k, s in
+                             enumerate(["browse", "cart", "checkout", "purchase"])]  # fmt: skip
+                expected.append((c, "conversion", "", shopped + 3000))
+            else:  # drops off at browse
+                send(collector, msg(f"{c}-0", shopped, "Product Viewed", anonymousId=c))
+                expected += [(c, "stage", "browse", shopped), (c, "dropoff", "browse",
+                                                                 shopped + 15_000)]  # fmt: skip
+    sent_s = time.monotonic() - began
+
+    def held() -> list[tuple[str, str, str, int]]:
+        rows = [r for r in results(worker, unique) if not r["customer"].startswith(bot)]
+        return sorted((r["customer"], r["kind"], r["stage"], r["at"]) for r in rows)
+
+    raw = f"SELECT count() AS n FROM tracker.touchpoints WHERE anonymous_id = '{bot}'"
+    wait_until(lambda: query(worker.url, raw)[0]["n"] == 50_000, timeout=600,
+               what="every raw row of the bot")  # fmt: skip
+    wait_for_rows(held, sorted(expected), what="the others' exact results")
+    print(f"sent in {sent_s:.1f}s; all raw rows and results in {time.monotonic() - began:.1f}s")
+    wait_until(lambda: _metric(worker, "tracker_journey_hot_keys_total") >= 1, timeout=60,
+               what="the bot counted as a hot key")  # fmt: skip
+    assert worker.proc.poll() is None, worker.output()
+    changelog = f"{journey_settings.app_id}-customers-changelog"
+    records = read_topic(kafka.bootstrap, changelog, at_least=11)
+    sizes = {key: len(value or b"") for key, value in records}
+    assert sizes[bot.encode()] > 0 and len(sizes) >= 11
+    assert (
+        max(len(value or b"") for _, value in records) <= journey_settings.journey_max_state_bytes
+    )

@@ -40,12 +40,14 @@ _ids = count()
 
 
 class Fixture:
-    def __init__(self) -> None:
+    def __init__(self, lateness_ms: int = 10**12) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.engine = JourneyEngine(JOURNEYS, lateness_ms=10**12)
+        self.engine = JourneyEngine(JOURNEYS, lateness_ms=lateness_ms)
         self.observed = JourneyMetrics(JOURNEYS, self.metrics)
         self.states: dict[str, CustomerState] = {}
+        # Every result ever emitted per customer (the states keep only the live ones).
+        self.emitted: dict[str, Counter[Any]] = {}
 
     def send(self, customer: str, now_min: float, *events: tuple[float, str]) -> None:
         state = self.states.setdefault(customer, CustomerState(customer))
@@ -53,11 +55,19 @@ class Fixture:
             Touchpoint(int(m * MIN), f"m{next(_ids)}", "track", e, "web", "", {}) for m, e in events
         ]
         self.engine.add(state, tps)
-        self.observed.changes(state, self.engine.settle(state, int(now_min * MIN)))
+        self._count(state, self.engine.settle(state, int(now_min * MIN)))
 
     def merge_away(self, customer: str) -> None:
         state = self.states.pop(customer)
-        self.observed.changes(state, self.engine.retract_all(state))
+        self._count(state, self.engine.retract_all(state))
+        self.observed.past(self.engine.past(state), -1)  # no owner here takes it
+        del self.emitted[customer]  # its final results stay under its key; none are open
+
+    def _count(self, state: CustomerState, changes: list[Any]) -> None:
+        self.observed.changes(state, changes)
+        total = self.emitted.setdefault(state.customer, Counter())
+        for sign, r in changes:
+            total[r] += sign
 
     def value(self, name: str, **labels: str) -> float:
         got = self.registry.get_sample_value(name, labels)
@@ -197,14 +207,14 @@ def test_consumer_lag_is_highwater_minus_committed_for_owned_partitions() -> Non
     assert value("tracker_consumer_lag_messages", {"topic": "t", "partition": "1"}) == 0
 
 
-def _open_oracle(states: Iterable[CustomerState]) -> Counter[tuple[str, str]]:
+def _open_oracle(emitted: Iterable[Counter[Any]]) -> Counter[tuple[str, str]]:
     """Open instances from scratch: per instance, the furthest stage entered, unless the instance
     converted or dropped off at that stage."""
     out: Counter[tuple[str, str]] = Counter()
-    for state in states:
+    for results in emitted:
         furthest: dict[tuple[str, str], StageEntered] = {}
         closed: set[tuple[str, str, int]] = set()
-        for r in state.emitted:
+        for r in +results:
             if isinstance(r, StageEntered):
                 key = (r.journey, r.instance)
                 if key not in furthest or r.level > furthest[key].level:
@@ -233,19 +243,20 @@ EVENTS = ["Product Viewed", "Product Added", "Order Completed", "Payment Failed"
         max_size=12,
     ),
     st.sampled_from(["a", "b", "c", None]),  # a customer merged away at the end
+    st.sampled_from([10**12, 5 * MIN]),  # the allowed lateness: 5 min folds as the clock runs
 )
 def test_live_open_counts_equal_a_recount_and_the_definition(
-    steps: list[tuple[str, list[tuple[int, str]], int]], merged: str | None
+    steps: list[tuple[str, list[tuple[int, str]], int]], merged: str | None, lateness: int
 ) -> None:
-    fx = Fixture()
+    fx = Fixture(lateness)
     now = 0
     for customer, events, advance in steps:
         now += advance
-        fx.send(customer, now, *events)
+        fx.send(customer, now, *((now - min(m, 5), e) for m, e in events))
     if merged in fx.states:
         fx.merge_away(merged)
     stages = ("browse", "cart", "paid")
-    expected = _open_oracle(fx.states.values())
+    expected = _open_oracle(fx.emitted.values())
     assert [fx.open(s) for s in stages] == [expected[("shop", s)] for s in stages]
     fx.observed.reset()
     for state in fx.states.values():
@@ -257,3 +268,28 @@ def test_live_open_counts_equal_a_recount_and_the_definition(
     assert fx.net("stage", "browse") - fx.net("advance", "browse") - fx.net(
         "dropoff", "browse"
     ) + fx.net("recovery", "browse") == fx.open("browse")
+
+
+def test_a_recount_after_folding_counts_the_instance_open_across_the_cut() -> None:
+    fx = Fixture(lateness_ms=MIN)  # the cut at minute 4 is minute 2
+    fx.send("a", 4, (0, "Product Viewed"))
+    state = fx.states["a"]
+    assert state.cursors is not None and not state.history and not state.emitted  # all folded
+    assert fx.open("browse") == 1
+    fx.observed.reset()
+    fx.observed.add_state(state)
+    assert (fx.open("browse"), fx.open("cart")) == (1, 0)
+    fx.send("a", 5, (5, "Product Added"))  # browse's entry time comes from the checkpoint
+    assert (fx.open("browse"), fx.open("cart")) == (0, 1)
+    labels = {"journey": "shop", "stage": "browse"}
+    assert fx.value("tracker_journey_time_at_stage_seconds_count", **labels) == 1
+    assert fx.value("tracker_journey_time_at_stage_seconds_sum", **labels) == 5 * 60
+
+
+def test_the_engines_tallies_are_drained_into_the_metrics(fx: Fixture) -> None:
+    fx.engine.counts.update({"hot_keys": 2, "left_out_hot_key": 7, "left_out_behind_fold": 1})
+    fx.observed.drain(fx.engine.counts)
+    assert not +fx.engine.counts
+    assert fx.value("tracker_journey_hot_keys_total") == 2
+    assert fx.value("tracker_journey_left_out_total", reason="hot_key") == 7
+    assert fx.value("tracker_journey_left_out_total", reason="behind_fold") == 1

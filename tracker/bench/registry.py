@@ -103,6 +103,20 @@ def restart_rows(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def history_rows(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    base = result["runs"][0]
+    for r in result["runs"]:
+        at = f"history @{r['touchpoints']:,} touchpoints"
+        rows += [
+            Row(f"{at}: us per added touchpoint", r["us_per_add"], base["us_per_add"], r["ratio"],
+                result["target_ratio"]),
+            Row(f"{at}: state bytes (target: the bound)", r["state_bytes"],
+                target=result["bound_bytes"]),
+        ]  # fmt: skip
+    return rows
+
+
 def _collector(settings: Settings) -> list[Row]:
     from tracker.bench import collector
 
@@ -128,11 +142,18 @@ def _restart(settings: Settings) -> list[Row]:
     return restart_rows({"runs": runs})
 
 
+def _history(settings: Settings) -> list[Row]:
+    from tracker.bench import history
+
+    return history_rows(history.run(settings))
+
+
 BENCHES: dict[str, Bench] = {
     "collector": _collector,
     "worker": _worker,
     "e2e": _e2e,
     "restart": _restart,
+    "history": _history,
 }
 
 

@@ -8,7 +8,18 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from tracker.core.journeys.engine import CustomerState, Touchpoint
+import orjson
+
+from tracker.core.journeys.engine import (
+    NEVER,
+    Change,
+    Cursor,
+    CustomerState,
+    JourneyEngine,
+    OpenInstance,
+    Past,
+    Touchpoint,
+)
 from tracker.core.journeys.results import Conversion, DropOff, Recovery, Result, StageEntered
 
 _KINDS: dict[str, type[Any]] = {
@@ -50,12 +61,35 @@ def result_from_list(v: list[Any]) -> Result:
     return result
 
 
+def cursor_to_list(c: Cursor) -> list[Any]:
+    i = c.inst
+    inst = (
+        None
+        if i is None
+        else [i.start, i.instance, i.level, i.entered_at, i.deadline, i.expires, i.dropped_at,
+              i.pain, i.love]
+    )  # fmt: skip
+    return [inst, c.last_event, c.last_channel]
+
+
+def cursor_from_list(v: list[Any]) -> Cursor:
+    i = v[0]
+    inst = (
+        None
+        if i is None
+        else OpenInstance(i[0], i[1], i[2], i[3], i[4], i[5], i[6], list(i[7]), list(i[8]))
+    )
+    return Cursor(inst, v[1], v[2])
+
+
 def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
     """A JSON-ready dict of ``state`` (for a changelog-backed table).
 
-    ``fingerprint`` names the journey definitions the touchpoints' rule bits refer to.
+    ``fingerprint`` names the journey definitions the touchpoints' rule bits refer to. The
+    folded past (cutoff ``k``, cursors ``q``, recent messageIds ``r``, hot ``x``) is written
+    only once there is one; ``w`` is the live history's estimated size (``JourneyEngine.add``).
     """
-    return {
+    raw: dict[str, Any] = {
         "f": fingerprint,
         "c": state.customer,
         "v": state.version,
@@ -65,13 +99,27 @@ def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
         # state.deadline): a restart rebuilds its timers without evaluating every state again.
         "d": state.deadline,
     }
+    if state.cutoff > -NEVER:
+        raw["k"] = state.cutoff
+    if state.cursors is not None:
+        raw["q"] = [cursor_to_list(c) for c in state.cursors]
+    if state.recent:
+        raw["r"] = state.recent
+    if state.hot:
+        raw["x"] = 1
+    if state.weight >= 0 and state.history:
+        raw["w"] = state.weight  # the hot-key estimate, so a load need not count it again
+    return raw
 
 
 def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
     """The state back; under changed journey definitions its touchpoints match no rule (their
-    bits referred to the old rules, and the properties they were computed from are not kept)."""
+    bits referred to the old rules, and the properties they were computed from are not kept)
+    and its folded past starts again empty. A state stored without a folded past (by an older
+    version, too) loads as never folded."""
     history = [tp_from_list(v) for v in raw["h"]]
-    if raw.get("f") != fingerprint:
+    same = raw.get("f") == fingerprint
+    if not same:
         for tp in history:
             tp.bits = 0
     return CustomerState(
@@ -80,7 +128,64 @@ def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
         seen={tp.message_id for tp in history},
         emitted=load_emitted(raw),
         version=raw["v"],
+        cutoff=raw.get("k", -NEVER),
+        cursors=_cursors(raw) if same else None,
+        recent=dict(raw.get("r") or {}),
+        hot=bool(raw.get("x")),
+        weight=raw.get("w", -1) if history else 0,
     )
+
+
+def _cursors(raw: Mapping[str, Any]) -> list[Cursor] | None:
+    q = raw.get("q")
+    return None if q is None else [cursor_from_list(v) for v in q]
+
+
+def load_counted(raw: dict[str, Any], fingerprint: str) -> CustomerState:
+    """What the open-instance gauge counts of ``raw`` (its live results and checkpoint),
+    without its history (cheaper than the whole state)."""
+    same = raw.get("f") == fingerprint
+    return CustomerState(
+        raw["c"], emitted=load_emitted(raw), cursors=_cursors(raw) if same else None
+    )
+
+
+def dump_past(state: CustomerState) -> dict[str, Any] | None:
+    """``state``'s folded past as plain data, for the owner an identity merge gives it to (see
+    ``JourneyEngine.adopt_past``); None when it has none."""
+    if state.cursors is None:
+        return None
+    return {
+        "k": state.cutoff,
+        "q": [cursor_to_list(c) for c in state.cursors],
+        "r": state.recent,
+    }
+
+
+def load_past(raw: Mapping[str, Any] | None) -> Past | None:
+    if raw is None:
+        return None
+    return Past(raw["k"], [cursor_from_list(v) for v in raw["q"]], dict(raw["r"]))
+
+
+def dump_bounded(
+    engine: JourneyEngine, state: CustomerState, now: int
+) -> tuple[bytes, list[Change]]:
+    """The stored form of ``state``, never over ``engine.max_state_bytes``, and the changes that
+    took (stage their rows before the state is written). Past the bound the state is folded
+    completely; if it is still over it, its recent messageIds go (the summary left, cursors
+    and at most one live result per journey, is a few KB under any sane definitions)."""
+    fingerprint = engine.fingerprint
+    raw = orjson.dumps(dump_state(state, fingerprint))
+    if len(raw) <= engine.max_state_bytes:
+        return raw, []
+    engine.counts["state_guard"] += 1
+    changes = engine.fold_all(state, now)
+    raw = orjson.dumps(dump_state(state, fingerprint))
+    if len(raw) > engine.max_state_bytes:
+        state.recent = {}
+        raw = orjson.dumps(dump_state(state, fingerprint))
+    return raw, changes
 
 
 def load_emitted(raw: dict[str, Any]) -> Counter[Result]:

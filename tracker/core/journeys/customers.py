@@ -34,8 +34,15 @@ from typing import Any
 import orjson
 
 from tracker.core.identity import Device, Identities, Link
-from tracker.core.journeys.codec import dump_state, load_state, tp_from_list, tp_to_list
-from tracker.core.journeys.engine import Change, CustomerState, JourneyEngine, Touchpoint
+from tracker.core.journeys.codec import (
+    dump_bounded,
+    dump_past,
+    load_past,
+    load_state,
+    tp_from_list,
+    tp_to_list,
+)
+from tracker.core.journeys.engine import Change, CustomerState, JourneyEngine, Past, Touchpoint
 from tracker.core.journeys.results import Result
 
 Message = dict[str, Any]  # a journey-input message, as JSON
@@ -133,6 +140,7 @@ class Customers:
         owner_of: Callable[[str], str | None],
         cache: MutableMapping[str, CustomerState],
         on_changes: Callable[[CustomerState, list[Change]], None] | None = None,
+        on_past: Callable[[Past | None, int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -140,6 +148,8 @@ class Customers:
         self._device_bytes = device_bytes
         self._owner_of = owner_of
         self._on_changes = on_changes
+        self._on_past = on_past
+        self._now = 0  # the clock of the latest input: folds in commit() use it
         # A device's anonymous touchpoints are kept while a link can still move them: a
         # touchpoint older than the allowed lateness plus the longest window is in no instance
         # that data still arriving can change.
@@ -160,6 +170,7 @@ class Customers:
     ) -> None:
         """New touchpoints (with their rule bits): by the id they were sent under, and, for
         anonymous ones, by device."""
+        self._now = now
         local: dict[str, list[Touchpoint]] = {}
         for sender, tps in by_sender:
             self._route(sender, sender, tps, local)
@@ -169,6 +180,7 @@ class Customers:
 
     def journey_input(self, messages: Iterable[tuple[str, Message]], now: int) -> None:
         """Messages of the journey-input topic, each with its key, in their order."""
+        self._now = now
         local: dict[str, list[Touchpoint]] = {}
         for key, msg in messages:
             kind = msg["kind"]
@@ -191,6 +203,7 @@ class Customers:
 
     def settle_due(self, keys: Iterable[str], now: int) -> None:
         """Customers whose deadline came (keys merged away meanwhile are skipped)."""
+        self._now = now
         for key in keys:
             state = self._load(key)
             if state is not None:
@@ -204,13 +217,18 @@ class Customers:
         is a last guard. A refused state is listed in ``Effects.refused`` and stays in the cache;
         the changelog keeps its previous state.
         """
-        fx, self._fx = self._fx, Effects()
-        fingerprint = self.engine.fingerprint
+        fx = self._fx
         for key, version in self._gone.items():
             # A tombstone that keeps the key's last version (see _fresh); a few dozen bytes.
             fx.states[key] = _tight(orjson.dumps({"gone": version}))
         for key, state in self._dirty.items():
-            raw = orjson.dumps(dump_state(state, fingerprint))
+            # Over the engine's byte bound the state is folded completely: those changes are
+            # rows of this batch, written before the state.
+            raw, changes = dump_bounded(self.engine, state, self._now)
+            if changes:
+                self._changed(state, changes)
+                if state.deadline is not None:
+                    fx.deadlines.append((state.deadline, key))
             if len(raw) > STATE_WRITE_MAX_BYTES:
                 fx.refused.append((key, len(raw)))
                 continue
@@ -218,6 +236,7 @@ class Customers:
         for key, entry in self._devices.items():
             fx.devices[key] = _tight(orjson.dumps(entry))
         self._gone, self._dirty, self._devices = {}, {}, {}
+        self._fx = Effects()
         return fx
 
     # -- routing -----------------------------------------------------------------------------------
@@ -276,10 +295,13 @@ class Customers:
         self.cache.pop(member, None)
         self._gone[member] = state.version
         self._fx.merges += 1
-        if state.history:
+        past = dump_past(state)
+        if self._on_past is not None:
+            self._on_past(self.engine.past(state), -1)
+        if state.history or past is not None:
             msg = tps_message(state.history)
-            # The one place a merged-away customer's folded past leaves with its history:
-            # msg["past"] = codec.dump_past(state), when the state has one (see _adopt).
+            if past is not None:  # what the state folded away goes along (see _adopt)
+                msg["past"] = past
             self._fx.forward.append((owner, msg))
 
     def _adopt(self, key: str, msg: Message, now: int) -> None:
@@ -290,8 +312,9 @@ class Customers:
             return
         state = self._load(key) or self._fresh(key)
         self._gone.pop(key, None)
-        # The one place the owner takes the past in:
-        # self.engine.adopt_past(state, msg["past"]) before the touchpoints are added.
+        past = load_past(msg["past"])
+        if self.engine.adopt_past(state, past) and self._on_past is not None:
+            self._on_past(past, +1)
         self.engine.add(state, [tp_from_list(v) for v in msg["tps"]])
         self._settle(state, now)
 

@@ -1,9 +1,11 @@
 """The journey rules (docs/journeys.md states them; this module is their implementation).
 
-The engine recomputes a customer's results from the customer's whole (bounded) history whenever
-the history or the clock changes, and emits the difference to what it emitted before. So the
-results never depend on arrival order: whatever order touchpoints and links came in, once they are
-all in, the emitted results sum to those of the complete history.
+The engine recomputes a customer's results whenever the history or the clock changes, and emits
+the difference to what it emitted before. So the results never depend on arrival order: whatever
+order touchpoints and links came in, once they are all in, the emitted results sum to those of the
+complete history. It recomputes from a checkpoint, not from the first touchpoint: what no late
+data can reach any more is folded into one cursor per journey (docs/journeys.md, "Bounded
+state"), so a customer's state and the cost of a touchpoint stay bounded.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class Touchpoint:
 
 
 @dataclass(slots=True)
-class _Open:
+class OpenInstance:
     start: int
     instance: str
     level: int  # 1-based index of the stage reached
@@ -69,97 +71,112 @@ class _Open:
     love: list[str] = field(default_factory=list)
 
 
-def evaluate(
-    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
-) -> list[Result]:
-    """Rules 3-5 over one customer's history (sorted by event time, then messageId), as of ``now``.
-
-    ``now`` is the processing-time clock: deadlines that have not passed it yet produce nothing.
-    With ``base``, rule matches are read from each touchpoint's ``bits`` (this journey's rules
-    start at bit ``base``: stages, then pain, then love) instead of being matched again.
-    """
-    return evaluate_with_deadline(journey, customer, history, now, base)[0]
+# Pain and love names kept per open stage: a bot's "slow page" would otherwise grow a drop-off's
+# signal list without end. The first ones met are kept.
+MAX_SIGNALS = 64
 
 
-def evaluate_with_deadline(
-    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
-) -> tuple[list[Result], int | None]:
-    """``evaluate``, and the deadline at which the results change next if no data arrives.
+@dataclass(slots=True)
+class Cursor:
+    """Where one journey's scan of a history stands: the rest of the history needs nothing else
+    from the touchpoints before it (the open instance, and the previous touchpoint's event and
+    channel, which a drop-off reports)."""
 
-    Only the last open instance waits on the clock: every earlier one was closed by a later
-    touchpoint. Its drop-off is due when time passes its deadline, unless it already dropped off.
-    """
-    out: list[Result] = []
-    stages = journey.stages
-    n_stages, n_pain = len(stages), len(journey.pain)
+    inst: OpenInstance | None = None
+    last_event: str = ""
+    last_channel: str = ""
 
-    if base is None:
+    def copy(self) -> Cursor:
+        i = self.inst
+        if i is not None:
+            i = OpenInstance(i.start, i.instance, i.level, i.entered_at, i.deadline, i.expires,
+                             i.dropped_at, list(i.pain), list(i.love))  # fmt: skip
+        return Cursor(i, self.last_event, self.last_channel)
 
-        def stage_hit(i: int, tp: Touchpoint) -> bool:
-            return stages[i].match.matches(tp)
 
-        def signals(tp: Touchpoint) -> tuple[list[str], list[str]]:
+class _Rules:
+    """One journey's rule matches for a touchpoint: from its ``bits`` (the journey's rules start
+    at bit ``base``: stages, then pain, then love), or matched again when ``base`` is None."""
+
+    __slots__ = ("base", "journey", "n_pain", "n_stages")
+
+    def __init__(self, journey: Journey, base: int | None) -> None:
+        self.journey, self.base = journey, base
+        self.n_stages, self.n_pain = len(journey.stages), len(journey.pain)
+
+    def stage_hit(self, i: int, tp: Touchpoint) -> bool:
+        if self.base is None:
+            return self.journey.stages[i].match.matches(tp)
+        return bool(tp.bits >> (self.base + i) & 1)
+
+    def signals(self, tp: Touchpoint) -> tuple[list[str], list[str]]:
+        j = self.journey
+        if self.base is None:
             return (
-                [p.name for p in journey.pain if p.match.matches(tp)],
-                [p.name for p in journey.love if p.match.matches(tp)],
+                [p.name for p in j.pain if p.match.matches(tp)],
+                [p.name for p in j.love if p.match.matches(tp)],
             )
-    else:
-        at = base
+        bits = tp.bits >> (self.base + self.n_stages)
+        if not bits:
+            return [], []
+        pain = [p.name for k, p in enumerate(j.pain) if bits >> k & 1]
+        love = [p.name for k, p in enumerate(j.love) if bits >> (self.n_pain + k) & 1]
+        return pain, love
 
-        def stage_hit(i: int, tp: Touchpoint) -> bool:
-            return bool(tp.bits >> (at + i) & 1)
 
-        def signals(tp: Touchpoint) -> tuple[list[str], list[str]]:
-            bits = tp.bits >> (at + n_stages)
-            if not bits:
-                return [], []
-            pain = [p.name for k, p in enumerate(journey.pain) if bits >> k & 1]
-            love = [p.name for k, p in enumerate(journey.love) if bits >> (n_pain + k) & 1]
-            return pain, love
+def advance(rules: _Rules, customer: str, cur: Cursor, t: int, out: list[Result]) -> None:
+    """Let time pass to ``t`` with no touchpoint: the open instance's deadline passes when time
+    goes strictly beyond it (a drop-off), and the instance closes once ``t`` is past its window."""
+    inst = cur.inst
+    if inst is None:
+        return
+    if inst.dropped_at is None and t > inst.deadline:
+        stage = rules.journey.stages[inst.level - 1]
+        out.append(
+            DropOff(
+                rules.journey.name,
+                customer,
+                inst.instance,
+                stage.name,
+                inst.level,
+                inst.entered_at,
+                inst.deadline,
+                inst.deadline == inst.expires,
+                cur.last_event,
+                cur.last_channel,
+                tuple(inst.pain),
+                tuple(inst.love),
+            )
+        )
+        inst.dropped_at = inst.deadline
+    if t > inst.expires:
+        cur.inst = None
 
+
+def _deadline(journey: Journey, level: int, entered: int, expires: int) -> int:
+    timeout = journey.stages[level - 1].timeout_ms
+    return expires if timeout is None else min(entered + timeout, expires)
+
+
+def scan(
+    rules: _Rules, customer: str, cur: Cursor, tps: Iterable[Touchpoint], out: list[Result]
+) -> None:
+    """Rules 3-5 over ``tps`` (in order), from ``cur`` on; moves ``cur`` past them."""
+    journey = rules.journey
+    stages = journey.stages
     last_level = len(stages)
-    inst: _Open | None = None
-    last: Touchpoint | None = None
-
-    def pass_time(inst: _Open, t: int) -> _Open | None:
-        # A deadline passes when time goes strictly beyond it.
-        if inst.dropped_at is None and t > inst.deadline:
-            stage = stages[inst.level - 1]
-            out.append(
-                DropOff(
-                    journey.name,
-                    customer,
-                    inst.instance,
-                    stage.name,
-                    inst.level,
-                    inst.entered_at,
-                    inst.deadline,
-                    inst.deadline == inst.expires,
-                    last.event if last else "",
-                    last.channel if last else "",
-                    tuple(inst.pain),
-                    tuple(inst.love),
-                )
-            )
-            inst.dropped_at = inst.deadline
-        return None if t > inst.expires else inst
-
-    def deadline(level: int, entered: int, expires: int) -> int:
-        timeout = stages[level - 1].timeout_ms
-        return expires if timeout is None else min(entered + timeout, expires)
-
-    for tp in history:
-        if inst is not None:
-            inst = pass_time(inst, tp.t)
+    for tp in tps:
+        advance(rules, customer, cur, tp.t, out)
+        inst = cur.inst
         if inst is None:
-            if stage_hit(0, tp):
+            if rules.stage_hit(0, tp):
                 expires = tp.t + journey.window_ms
-                inst = _Open(
+                inst = cur.inst = OpenInstance(
                     start=tp.t,
                     instance=f"{tp.t}:{tp.message_id}",
                     level=1,
                     entered_at=tp.t,
-                    deadline=deadline(1, tp.t, expires),
+                    deadline=_deadline(journey, 1, tp.t, expires),
                     expires=expires,
                 )
                 out.append(
@@ -174,14 +191,16 @@ def evaluate_with_deadline(
                         tp.channel,
                     )
                 )
-            last = tp
+            cur.last_event, cur.last_channel = tp.event, tp.channel
             continue
         if inst.dropped_at is None:
-            pain, love = signals(tp)
-            inst.pain.extend(pain)
-            inst.love.extend(love)
+            pain, love = rules.signals(tp)
+            if pain and len(inst.pain) < MAX_SIGNALS:
+                inst.pain.extend(pain[: MAX_SIGNALS - len(inst.pain)])
+            if love and len(inst.love) < MAX_SIGNALS:
+                inst.love.extend(love[: MAX_SIGNALS - len(inst.love)])
         nxt = stages[inst.level]
-        if stage_hit(inst.level, tp):
+        if rules.stage_hit(inst.level, tp):
             if inst.dropped_at is not None:
                 out.append(
                     Recovery(
@@ -211,48 +230,128 @@ def evaluate_with_deadline(
                 out.append(
                     Conversion(journey.name, customer, inst.instance, inst.start, tp.t, tp.channel)
                 )
-                inst = None
+                cur.inst = None
             else:
                 inst.entered_at = tp.t
-                inst.deadline = deadline(inst.level, tp.t, inst.expires)
+                inst.deadline = _deadline(journey, inst.level, tp.t, inst.expires)
                 inst.dropped_at = None
                 inst.pain.clear()
                 inst.love.clear()
-        last = tp
-    if inst is not None and pass_time(inst, now) is not None and inst.dropped_at is None:
-        return out, inst.deadline
-    return out, None
+        cur.last_event, cur.last_channel = tp.event, tp.channel
+
+
+def evaluate(
+    journey: Journey, customer: str, history: list[Touchpoint], now: int, base: int | None = None
+) -> list[Result]:
+    """Rules 3-5 over one customer's history (sorted by event time, then messageId), as of ``now``.
+
+    ``now`` is the processing-time clock: deadlines that have not passed it yet produce nothing.
+    With ``base``, rule matches are read from each touchpoint's ``bits`` (this journey's rules
+    start at bit ``base``: stages, then pain, then love) instead of being matched again.
+    """
+    return evaluate_with_deadline(journey, customer, history, now, base)[0]
+
+
+def evaluate_with_deadline(
+    journey: Journey,
+    customer: str,
+    history: list[Touchpoint],
+    now: int,
+    base: int | None = None,
+    start: Cursor | None = None,
+) -> tuple[list[Result], int | None]:
+    """``evaluate``, and the deadline at which the results change next if no data arrives.
+
+    With ``start``, the history goes on from that cursor (a folded past) and only the results
+    from there on are listed. Only the last open instance waits on the clock: every earlier one
+    was closed by a later touchpoint. Its drop-off is due when time passes its deadline, unless
+    it already dropped off.
+    """
+    out: list[Result] = []
+    rules = _Rules(journey, base)
+    cur = start.copy() if start is not None else Cursor()
+    scan(rules, customer, cur, history, out)
+    advance(rules, customer, cur, now, out)
+    inst = cur.inst
+    return out, inst.deadline if inst is not None and inst.dropped_at is None else None
 
 
 @dataclass
 class CustomerState:
-    """Everything the engine keeps for one customer."""
+    """Everything the engine keeps for one customer: the live part of the history (touchpoints at
+    or after ``cutoff``) and, per journey, the cursor the touchpoints before it were folded into."""
 
     customer: str
     history: list[Touchpoint] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-    emitted: Counter[Result] = field(default_factory=Counter)
+    seen: set[str] = field(default_factory=set)  # messageIds of the live history
+    emitted: Counter[Result] = field(default_factory=Counter)  # the live results only
     version: int = 0  # bumped whenever emitted changes; orders the warehouse's result rows
     # When the results change next with no new data, as found by the last settle() (not stored).
     deadline: int | None = None
+    # Touchpoints before this event time were folded into ``cursors`` and are no longer held.
+    cutoff: int = -NEVER
+    cursors: list[Cursor] | None = None  # the checkpoint at cutoff, per journey; None: none folded
+    recent: dict[str, int] = field(default_factory=dict)  # folded messageIds -> event time
+    hot: bool = False  # went over a hard bound once: its journeys use its newest touchpoints
+    # Final results an early fold found between an add() and the settle() that emits them.
+    unsettled: Counter[Result] = field(default_factory=Counter)
+    weight: int = -1  # the live history's estimated stored bytes; -1: not counted yet
+
+
+@dataclass
+class Past:
+    """A customer's folded past, as it moves with an identity merge."""
+
+    cutoff: int
+    cursors: list[Cursor]
+    recent: dict[str, int]
 
 
 Change = tuple[int, Result]  # (+1 | -1, result)
 
+DEFAULT_MAX_LIVE_TOUCHPOINTS = 2000
+DEFAULT_MAX_STATE_BYTES = 512 * 1024
+
 
 class JourneyEngine:
-    """Applies the rules to customer states: ingest, clock ticks and identity merges."""
+    """Applies the rules to customer states: ingest, clock ticks and identity merges.
 
-    def __init__(self, journeys: Iterable[Journey], *, lateness_ms: int) -> None:
+    State stays bounded (docs/journeys.md, "Bounded state"): each ``settle`` folds the
+    touchpoints no late data can reach any more into a per-journey cursor and drops the results
+    they gave (they are final, and stay in the warehouse); ``add`` folds a key early once it
+    holds more than a hard bound (a hot key). ``counts`` tallies what was left out or folded,
+    for the worker to move into its metrics.
+    """
+
+    def __init__(
+        self,
+        journeys: Iterable[Journey],
+        *,
+        lateness_ms: int,
+        max_live_touchpoints: int = DEFAULT_MAX_LIVE_TOUCHPOINTS,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+    ) -> None:
         self.journeys = tuple(journeys)
         self.lateness_ms = lateness_ms
+        self.max_live_touchpoints = max(max_live_touchpoints, 2)
+        self.max_state_bytes = max_state_bytes
+        # The cut moves in steps of F = L (at least a second), so a customer folds at most
+        # once per step, and 2L-3L of touchpoints stay live.
+        self.fold_step = max(lateness_ms // 4, 1000)
         self.bases: list[int] = []
         self.rules: list[Any] = []
         for j in self.journeys:
             self.bases.append(len(self.rules))
             self.rules += [s.match for s in j.stages] + [p.match for p in (*j.pain, *j.love)]
+        self._rules = [_Rules(j, b) for j, b in zip(self.journeys, self.bases, strict=True)]
+        self._stage_masks = [
+            ((1 << len(j.stages)) - 1) << b for j, b in zip(self.journeys, self.bases, strict=True)
+        ]
+        self._journeys_hit: dict[int, int] = {}
         digest = hashlib.sha1(repr(self.journeys).encode(), usedforsecurity=False)
         self.fingerprint = digest.hexdigest()[:12]  # what a touchpoint's bits refer to
+        # hot_keys, folded, left_out_behind_fold, left_out_hot_key, pasts_dropped, state_guard
+        self.counts: Counter[str] = Counter()
 
     def signature(self, tp: Touchpoint) -> int:
         """The bits of every rule ``tp`` matches."""
@@ -266,45 +365,135 @@ class JourneyEngine:
         """Rule 6: data arriving more than L after its event time stays out of journeys."""
         return tp.t < now - self.lateness_ms
 
+    def cut(self, now: int) -> int:
+        """Where ``settle(state, now)`` folds: C = floor((now-L)/F)*F - F, so C <= now-L-F and
+        no touchpoint before C can still be taken in (``is_late`` rejects t < now-L)."""
+        step = self.fold_step
+        return (now - self.lateness_ms) // step * step - step
+
     def add(self, state: CustomerState, tps: Iterable[Touchpoint]) -> int:
         """Insert touchpoints in order. Returns how many changed the history.
 
         A messageId counts once, and of its copies the one that arrives last is kept: a sender
         that retries a request sends the same messages with a new ``sentAt``, so the copies can
         differ in event time, and the warehouse keeps the copy written last as well (see
-        docs/warehouse.md). A copy with the event time already held changes nothing.
+        docs/warehouse.md). A copy with the event time already held changes nothing, and so does
+        a copy of a touchpoint already folded. A touchpoint before the state's cutoff is left
+        out (counted). Past the hard bounds the key is folded early and marked hot.
         """
         added = 0
+        history, seen = state.history, state.seen
+        if state.weight < 0:
+            state.weight = sum(self._weight(tp) for tp in history)
         for tp in tps:
-            if tp.message_id in state.seen:
-                held = [i for i, h in enumerate(state.history) if h.message_id == tp.message_id]
-                if any(state.history[i].t == tp.t for i in held):
+            if tp.t < state.cutoff:
+                self.counts["left_out_hot_key" if state.hot else "left_out_behind_fold"] += 1
+                continue
+            mid = tp.message_id
+            if mid in state.recent:
+                continue
+            if mid in seen:
+                held = [i for i, h in enumerate(history) if h.message_id == mid]
+                if any(history[i].t == tp.t for i in held):
                     continue
                 for i in reversed(held):
-                    del state.history[i]
-            state.seen.add(tp.message_id)
+                    state.weight -= self._weight(history[i])
+                    del history[i]
+            seen.add(mid)
             if tp.bits < 0:
                 tp = replace(tp, bits=self.signature(tp))
-            bisect.insort(state.history, tp, key=lambda x: x.order)
+            bisect.insort(history, tp, key=lambda x: x.order)
+            state.weight += self._weight(tp)
             added += 1
+            if len(history) > self.max_live_touchpoints or state.weight > self.max_state_bytes:
+                self._fold_hot(state)
+                history = state.history
         return added
+
+    def _weight(self, tp: Touchpoint) -> int:
+        """About what ``tp`` costs in a stored state: its own entry, and the results it may give
+        (one or two per journey whose stages it matches) with their instance and messageIds."""
+        own = len(tp.message_id) + len(tp.event) + len(tp.channel) + 48
+        journeys = self._journeys_hit.get(tp.bits)
+        if journeys is None:
+            journeys = sum(1 for mask in self._stage_masks if tp.bits & mask)
+            if len(self._journeys_hit) < 4096:  # one entry per rule signature met
+                self._journeys_hit[tp.bits] = journeys
+        return own + journeys * (4 * len(tp.message_id) + 400)
+
+    def _fold_hot(self, state: CustomerState) -> None:
+        """Fold ``state`` early, keeping its newest touchpoints within half of each bound."""
+        history = state.history
+        keep, budget = 0, self.max_state_bytes // 2
+        for tp in reversed(history):
+            budget -= self._weight(tp)
+            if keep >= self.max_live_touchpoints // 2 or budget < 0:
+                break
+            keep += 1
+        at = len(history) - max(keep, 1)
+        cut = history[at].t
+        if cut <= history[0].t:  # all of the rest share one event time: fold them too
+            cut += 1
+        if not state.hot:
+            self.counts["hot_keys"] += 1
+            state.hot = True
+        state.unsettled.update(self._fold(state, cut))
+
+    def _fold(self, state: CustomerState, cut: int) -> list[Result]:
+        """Move ``state``'s cutoff to ``cut``: scan the live touchpoints before it from the
+        checkpoint, let time pass to ``cut``, and keep the cursors as the new checkpoint.
+        Returns the results found on the way: final, since nothing before ``cut`` is taken in
+        any more. Folded messageIds are kept in ``recent`` while a copy could still count
+        (event time within L of the cut); older ones are forgotten."""
+        if cut <= state.cutoff:
+            return []
+        history = state.history
+        k = bisect.bisect_left(history, cut, key=lambda tp: tp.t)
+        out: list[Result] = []
+        if k or state.cursors is not None:
+            cursors = state.cursors or [Cursor() for _ in self.journeys]
+            folded = history[:k]
+            for rules, cur in zip(self._rules, cursors, strict=True):
+                scan(rules, state.customer, cur, folded, out)
+                advance(rules, state.customer, cur, cut, out)
+            state.cursors = cursors
+            for tp in folded:
+                state.recent[tp.message_id] = tp.t
+                state.seen.discard(tp.message_id)
+            del history[:k]
+            self.counts["folded"] += k
+            state.weight = -1
+        state.cutoff = cut
+        forget = cut - self.lateness_ms
+        if state.recent and min(state.recent.values()) < forget:
+            state.recent = {m: t for m, t in state.recent.items() if t >= forget}
+        if len(state.recent) > self.max_live_touchpoints:  # a hot key: its newest ids only
+            newest = sorted(state.recent.items(), key=lambda kv: kv[1])
+            state.recent = dict(newest[-self.max_live_touchpoints :])
+        return out
 
     def remove(self, state: CustomerState, message_ids: Iterable[str]) -> int:
         """Take touchpoints out (an identity link gave them to another customer). Returns
-        #removed; they may come back later, so their messageIds are forgotten too."""
+        #removed; they may come back later, so their messageIds are forgotten too. A folded
+        touchpoint cannot be taken out of the past."""
         gone = set(message_ids) & state.seen
         if gone:
             state.seen -= gone
             state.history = [tp for tp in state.history if tp.message_id not in gone]
+            state.weight = -1
         return len(gone)
 
+    def _start(self, state: CustomerState, j: int) -> Cursor | None:
+        return state.cursors[j] if state.cursors is not None else None
+
     def results(self, state: CustomerState, now: int) -> Counter[Result]:
-        """Every journey's results as of ``now``; sets ``state.deadline``."""
+        """Every journey's live results as of ``now`` (from the checkpoint on); sets
+        ``state.deadline``."""
         out: Counter[Result] = Counter()
         due: int | None = None
-        for journey, base in zip(self.journeys, self.bases, strict=True):
+        for j, (journey, base) in enumerate(zip(self.journeys, self.bases, strict=True)):
             results, deadline = evaluate_with_deadline(
-                journey, state.customer, state.history, now, base
+                journey, state.customer, state.history, now, base, self._start(state, j)
             )
             out.update(results)
             if deadline is not None and (due is None or deadline < due):
@@ -313,25 +502,66 @@ class JourneyEngine:
         return out
 
     def settle(self, state: CustomerState, now: int) -> list[Change]:
-        """Recompute as of ``now`` and return the corrections that make ``emitted`` right.
+        """Recompute as of ``now`` and return the corrections that make ``emitted`` right, then
+        fold what no late data can reach any more (its results are final and leave the state).
 
         Also sets ``state.deadline``: when a timer must settle this customer again.
         """
         new = self.results(state, now)
-        changes: list[Change] = [(-1, r) for r in (state.emitted - new).elements()]
-        changes += [(+1, r) for r in (new - state.emitted).elements()]
-        state.emitted = new
+        owed = state.unsettled
+        full = new + owed if owed else new
+        changes: list[Change] = [(-1, r) for r in (state.emitted - full).elements()]
+        changes += [(+1, r) for r in (full - state.emitted).elements()]
+        state.emitted = new  # what an early fold found is final: it leaves the state at once
+        state.unsettled = Counter()
         if changes:
             state.version += 1
+        final = self._fold(state, self.cut(now))
+        if final:
+            state.emitted -= Counter(final)
         return changes
 
+    def fold_all(self, state: CustomerState, now: int) -> list[Change]:
+        """Fold every live touchpoint (the size guard's last resort); returns the changes, as a
+        ``settle`` does. The key counts as hot from then on."""
+        if state.history:
+            if not state.hot:
+                self.counts["hot_keys"] += 1
+                state.hot = True
+            state.unsettled.update(self._fold(state, state.history[-1].t + 1))
+        return self.settle(state, now)
+
     def retract_all(self, state: CustomerState) -> list[Change]:
-        """Withdraw everything emitted for ``state`` (its customer key is going away)."""
+        """Withdraw everything emitted for ``state`` (its customer key is going away). Final
+        results already folded out of the state stay where they are."""
         changes: list[Change] = [(-1, r) for r in state.emitted.elements()]
         state.emitted = Counter()
         if changes:
             state.version += 1
         return changes
+
+    def past(self, state: CustomerState) -> Past | None:
+        """``state``'s folded past, if it has one (for :meth:`adopt_past`)."""
+        if state.cursors is None:
+            return None
+        return Past(state.cutoff, state.cursors, state.recent)
+
+    def adopt_past(self, owner: CustomerState, past: Past | None) -> bool:
+        """A merged-away customer's folded past goes to ``owner`` (before its live touchpoints
+        are added). Exact when only one side has a folded past: the owner takes the member's
+        cursors, and touchpoints it held before the member's cut are folded onto them. When both
+        have one, the owner keeps its own and the member's is dropped: returns False (counted as
+        ``pasts_dropped``; its final results stay under the member's key in the warehouse)."""
+        if past is None:
+            return True
+        owner.recent.update({m: t for m, t in past.recent.items() if m not in owner.seen})
+        if owner.cursors is not None:
+            self.counts["pasts_dropped"] += 1
+            return False
+        owner.cursors = [c.copy() for c in past.cursors]
+        owner.cutoff = min(owner.cutoff, past.cutoff)  # the owner folded nothing: it may go back
+        owner.unsettled.update(self._fold(owner, past.cutoff))
+        return True
 
     def next_deadline(self, state: CustomerState) -> int | None:
         """The earliest drop-off deadline of ``state``'s history that ``state.emitted`` lacks:
@@ -344,8 +574,10 @@ class JourneyEngine:
         """
         due = [
             r.at
-            for j, base in zip(self.journeys, self.bases, strict=True)
-            for r in evaluate(j, state.customer, state.history, NEVER, base)
+            for j, (journey, base) in enumerate(zip(self.journeys, self.bases, strict=True))
+            for r in evaluate_with_deadline(
+                journey, state.customer, state.history, NEVER, base, self._start(state, j)
+            )[0]
             if isinstance(r, DropOff) and r not in state.emitted
         ]
         return min(due) if due else None
