@@ -32,7 +32,7 @@ Bench = Callable[[Settings], list[Row]]
 
 def worker_rows(result: dict[str, Any]) -> list[Row]:
     targets = result["targets"]
-    return [
+    rows = [
         Row(
             "worker events/s",
             result["worker_events_per_s"],
@@ -47,6 +47,13 @@ def worker_rows(result: dict[str, Any]) -> list[Row]:
             target=targets["bytes_per_open_instance"],
         ),
     ]
+    model = result.get("model")
+    if model:
+        for term in ("message", "customer_batch", "event"):
+            rows.append(
+                Row(f"worker cost: us per {term.replace('_', ' ')}", model[f"us_per_{term}"])
+            )
+    return rows
 
 
 def e2e_rows(result: dict[str, Any]) -> list[Row]:
@@ -112,7 +119,9 @@ def _collector(settings: Settings) -> list[Row]:
 def _worker(settings: Settings) -> list[Row]:
     from tracker.bench import worker
 
-    return worker_rows(worker.run(settings, events=200_000, customers=50_000, per_message=5))
+    return worker_rows(
+        worker.run(settings, events=200_000, customers=50_000, per_request=5, model_events=100_000)
+    )
 
 
 def _e2e(settings: Settings) -> list[Row]:
