@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -263,9 +264,15 @@ def _measure(
     try:
 
         def poll() -> dict[str, float]:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the worker exited; see {workdir / (shape.name + '.log')}")
-            return _metrics(url, (EVENTS_METRIC, OPEN_METRIC, BATCHES_METRIC, ASSIGNED_METRIC))
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the worker exited; see {workdir / (shape.name + '.log')}")
+                try:
+                    return _metrics(
+                        url, (EVENTS_METRIC, OPEN_METRIC, BATCHES_METRIC, ASSIGNED_METRIC)
+                    )
+                except (TimeoutError, urllib.error.URLError):
+                    continue  # a busy worker answers /metrics late: ask again
 
         # The clock starts when the worker owns its partitions: its first fetch may already
         # hold the whole topic, so "first event counted" would miss the first batch.
