@@ -40,6 +40,7 @@ def worker_rows(result: dict[str, Any]) -> list[Row]:
             result["ratio"],
             targets["worker_events_per_s"],
         ),
+        Row("worker events per CPU second", result["worker_events_per_cpu_s"]),
         Row("worker open journey instances at the end", result["open_instances"]),
         Row(
             "worker bytes per open instance",

@@ -300,7 +300,8 @@ def _measure(
         proc.wait(120)
     print(
         f"{shape.name}: worker {run.per_s:,.0f} events/s ({run.per_s / base:.3f} of bare) in "
-        f"{run.seconds:.1f}s, CPU {run.cpu_seconds / run.seconds:.2f} of wall, "
+        f"{run.seconds:.1f}s, CPU {run.cpu_seconds / run.seconds:.2f} of wall "
+        f"({shape.events / run.cpu_seconds:,.0f} events per CPU second), "
         f"{run.customer_batches:,} customer batches, {run.open_instances:,} open instances",
         flush=True,
     )
@@ -415,6 +416,8 @@ def run(
         "baseline_events_per_s": round(first.baseline_per_s),
         "ratio": round(first.per_s / first.baseline_per_s, 3),
         "worker_cpu_per_wall": round(first.cpu_seconds / first.seconds, 2),
+        # On a shared machine the worker may get a fraction of a core: what one core would do.
+        "worker_events_per_cpu_s": round(events / first.cpu_seconds),
         "open_instances": first.open_instances,
         "worker_rss_bytes": first.rss_bytes,
         "idle_rss_bytes": idle_rss,
