@@ -61,7 +61,11 @@ def create_app(
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=4096,
+        # A touchpoints message holds a partition's records of a few ms of requests (up to
+        # 256 KiB, see tracker/collector/linger.py): fetch several per partition, buffer fewer.
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        stream_buffer_maxsize=512,  # messages, per agent
+        producer_max_batch_size=512 * 1024,
         producer_acks=-1,
         table_standby_replicas=0,
         broker_session_timeout=settings.worker_session_timeout,

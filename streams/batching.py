@@ -3,8 +3,9 @@
 The agent iterates its stream event by event with acks disabled and hands full batches to a
 handler; a timer hands over what waited longer than ``max_seconds``. Events are acknowledged
 only after the handler returned, so their offsets are committed only once their effects are
-written. The buffer holds at most ``max_events``: when it is full the agent waits for the flush,
-and Kafka consumption pauses with it.
+written. The buffer holds at most ``max_events`` Kafka messages and ``max_bytes`` of their values
+(a message may carry hundreds of records): when it is full the agent waits for the flush, and
+Kafka consumption pauses with it.
 
 A rebalance ends a generation. Events received before it are still processed, but never
 acknowledged: acknowledging them after the rebalance is unsafe, because faust may then commit past
@@ -27,11 +28,17 @@ from typing import Any
 
 Handler = Callable[[list[Any]], Awaitable[None]]
 
+MAX_BYTES = 8 * 1024 * 1024  # of message values buffered
+
 
 class Batcher:
-    def __init__(self, handler: Handler, *, max_events: int, max_seconds: float) -> None:
+    def __init__(
+        self, handler: Handler, *, max_events: int, max_seconds: float, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.handler = handler
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self.max_seconds = max_seconds
         self._stream: Any = None
         self._buffer: list[tuple[int, Any]] = []  # (generation, event)
@@ -46,7 +53,8 @@ class Batcher:
             if not self._buffer:
                 self._since = time.monotonic()
             self._buffer.append((self._generation, event))
-            if len(self._buffer) >= self.max_events:
+            self._bytes += len(event.message.value or b"")
+            if len(self._buffer) >= self.max_events or self._bytes >= self.max_bytes:
                 await self.flush()
 
     async def tick(self) -> None:
@@ -60,7 +68,7 @@ class Batcher:
 
     async def flush(self) -> None:
         async with self._flushing:
-            batch, self._buffer = self._buffer, []
+            batch, self._buffer, self._bytes = self._buffer, [], 0
             if not batch:
                 return
             await self.handler([event for _, event in batch])

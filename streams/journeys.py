@@ -2,7 +2,8 @@
 
 Topics (``<app>`` is the app id):
 
-- the touchpoints topic, keyed by the sender's id (userId, else anonymousId);
+- the touchpoints topic: JSON arrays of records, each on the partition of its sender's id
+  (userId, else anonymousId), several senders to a message;
 - ``<app>-journey-input``, keyed by customer key (or device id): touchpoints forwarded to their
   customer's partition, ``move`` notices (a link gave these touchpoints to another customer:
   take them out here and send them on), ``owner`` notices ("id X now belongs to customer K",
@@ -246,7 +247,6 @@ class JourneyAgents:
                      str(r.get("anonymous_id") or ""))
                     for r in records
                 ]  # fmt: skip
-                sender = message.key.decode()
                 own = [(r["message_id"], touchpoint_row(r, message.partition, message.offset))
                        for r in records]  # fmt: skip
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -260,7 +260,9 @@ class JourneyAgents:
                 rows.pop(message_id, None)  # in the dict's order too, the last copy's place
                 rows[message_id] = row
             consumed += len(own)
-            tps = []
+            # A message holds many customers (the collector groups records by partition): split
+            # it by the record's key, userId else anonymousId, in the order they came.
+            senders: dict[str, list[Touchpoint]] = {}
             for tp, tp_links, user, anon in decoded:
                 links += tp_links
                 if self.engine.is_late(tp, now):
@@ -268,10 +270,10 @@ class JourneyAgents:
                     continue
                 tp.bits = self.engine.signature(tp)  # before it is stored or forwarded
                 if user or not anon:
-                    tps.append(tp)
+                    senders.setdefault(user or anon, []).append(tp)
                 else:
                     by_device.setdefault(anon, []).append(tp)
-            by_sender.append((sender, tps))
+            by_sender += senders.items()
         if late:
             self.metrics.late_events.inc(late)
         self.metrics.events_consumed.inc(consumed)
@@ -453,6 +455,7 @@ class JourneyAgents:
                 self.owners.pop(key.encode(), None)
             else:
                 self.owners[key.encode()] = owner
+        self.metrics.customer_batches.inc(fx.customer_batches)
         if fx.merges:
             self.metrics.identity_merges.inc(fx.merges)
         if fx.moved:

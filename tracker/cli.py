@@ -183,8 +183,9 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from tracker.bench import worker
 
         result = worker.run(
-            settings, events=args.events, customers=args.customers, per_message=args.per_message
-        )
+            settings, events=args.events, customers=args.customers,
+            per_request=args.per_request, model_events=args.model_events,
+        )  # fmt: skip
         rows = registry.worker_rows(result)
     print(registry.table(rows))
     if args.json:
@@ -266,9 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks (figures beside a same-run baseline)")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("worker", help="one worker vs a bare aiokafka consumer on one topic")
-    b.add_argument("--events", type=int, default=1_000_000)
-    b.add_argument("--customers", type=int, default=250_000)
-    b.add_argument("--per-message", type=int, default=5, help="events per Kafka message")
+    b.add_argument("--events", type=int, default=200_000)
+    b.add_argument("--customers", type=int, default=50_000)
+    b.add_argument("--per-request", type=int, default=5, help="events per browser request")
+    b.add_argument(
+        "--model-events", type=int, default=100_000, help="events of each cost model run (0: none)"
+    )
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
     b = bench.add_parser("collector", help="one collector under HTTP load vs a bare producer")

@@ -54,6 +54,11 @@ SETTINGS: dict[str, dict[str, str]] = {
         "max_message_bytes": "largest message",
         "produce_timeout": "seconds Kafka has to acknowledge a request's messages before the "
         "answer is `503`",
+        "collector_linger_ms": "milliseconds the collector waits for concurrent requests so that "
+        "their records go to Kafka together, one message per partition; `0` = only those already "
+        "waiting",
+        "collector_linger_max_bytes": "bytes of records waiting for Kafka's acknowledgement at "
+        "most; past it a request waits up to `produce_timeout`, then gets `503`",
         "sources_file": "sources YAML: write keys, browser origins, rate limits; empty: open "
         "development mode",
         "anonymize_ip": "store `context.ip` cut to its network: IPv4 last octet zeroed, IPv6 to "
@@ -75,7 +80,8 @@ SETTINGS: dict[str, dict[str, str]] = {
         "app_id": "Faust app id = Kafka consumer group; workers with the same id share partitions",
         "worker_host": "where the worker's `/health`, `/metrics` and `/query` listen",
         "worker_port": "the worker's port (`0` = any free port)",
-        "sink_max_rows": "a ClickHouse batch closes at this many Kafka messages...",
+        "sink_max_rows": "a ClickHouse batch closes at this many Kafka messages (or 8 MiB of "
+        "them)...",
         "sink_max_seconds": "...or after this many seconds",
         "sink_retry_max_seconds": "longest wait between retries of a failed ClickHouse write",
         "query_token": "bearer token every caller of the worker's `POST /query` must send; "

@@ -77,6 +77,11 @@ class Metrics:
             "Touchpoint records consumed by the worker.",
             registry=registry,
         )
+        self.customer_batches = Counter(
+            "tracker_worker_customer_batches_total",
+            "Customers whose journeys a batch of touchpoints updated, summed over batches.",
+            registry=registry,
+        )
         self.undecodable = Counter(
             "tracker_worker_undecodable_total",
             "Kafka messages the worker could not decode.",

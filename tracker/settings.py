@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=500 * 1024, ge=1024)
     max_message_bytes: int = Field(default=32 * 1024, ge=256)
     produce_timeout: float = Field(default=10.0, gt=0)
+    # Records of requests arriving within this many ms go to Kafka together, as one message per
+    # partition (the worker's cost is per message); at most this many bytes wait unacknowledged.
+    collector_linger_ms: float = Field(default=5.0, ge=0, le=1000)
+    collector_linger_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
     # Slow or idle clients. A request's headers must be complete this long after their first
     # byte, and its body read this long after the headers; a connection with no request is
     # closed after the keep-alive timeout (longer than a load balancer's idle timeout, 60 s on

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from tests.integration.processes import Process, metric, query, settings_env, wait_until
-from tests.integration.topics import read_topic
+from tests.integration.topics import read_records
 from tracker.kafka.broker import EmbeddedKafka
 from tracker.settings import Settings
 
@@ -38,10 +39,13 @@ def run_import(
 
 def records(settings: Settings, kafka: EmbeddedKafka, at_least: int) -> dict[str, dict]:
     out = {}
-    for key, value in read_topic(kafka.bootstrap, settings.topic_touchpoints, at_least=at_least):
-        for record in orjson.loads(value):
-            assert key.decode() == (record["user_id"] or record["anonymous_id"])
-            out.setdefault(record["message_id"], record)
+    parts = list(range(settings.topic_partitions))
+    topic = settings.topic_touchpoints
+    for partition, record in read_records(kafka.bootstrap, topic, at_least=at_least):
+        # On the partition of its customer key, as the collector writes it.
+        key = (record["user_id"] or record["anonymous_id"]).encode()
+        assert partition == DefaultPartitioner()(key, parts, parts)
+        out.setdefault(record["message_id"], record)
     return out
 
 

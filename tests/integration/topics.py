@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
-async def _read(
-    bootstrap: str, topic: str, at_least: int, seconds: float
-) -> list[tuple[bytes, bytes]]:
+async def _read(bootstrap: str, topic: str, at_least: int, seconds: float) -> list[Any]:
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
-    out: list[tuple[bytes, bytes]] = []
+    out: list[Any] = []
+    records = 0
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
-            out += [(m.key, m.value) for msgs in batches.values() for m in msgs]
+            for messages in batches.values():
+                out += messages
+                records += sum(len(orjson.loads(m.value)) for m in messages)
             # Past the expected count, one more empty poll shows nothing else follows.
-            if len(out) >= at_least and not batches:
+            if records >= at_least and not batches:
                 break
         return out
     finally:
@@ -31,8 +34,22 @@ async def _read(
 
 def read_topic(
     bootstrap: str, topic: str, *, at_least: int, timeout: float = 30.0
-) -> list[tuple[bytes, bytes]]:
-    """Every ``(key, value)`` on ``topic``: waits for ``at_least`` of them, then for quiet."""
+) -> list[tuple[bytes | None, bytes]]:
+    """Every ``(key, value)`` of a touchpoints topic (values are JSON arrays of records): waits
+    for ``at_least`` records, then for quiet."""
+    messages = _messages(bootstrap, topic, at_least, timeout)
+    return [(m.key, m.value) for m in messages]
+
+
+def read_records(
+    bootstrap: str, topic: str, *, at_least: int, timeout: float = 30.0
+) -> list[tuple[int, dict[str, Any]]]:
+    """Every record of a touchpoints topic with the partition it is on, as :func:`read_topic`."""
+    messages = _messages(bootstrap, topic, at_least, timeout)
+    return [(m.partition, record) for m in messages for record in orjson.loads(m.value)]
+
+
+def _messages(bootstrap: str, topic: str, at_least: int, timeout: float) -> list[Any]:
     return asyncio.run(asyncio.wait_for(_read(bootstrap, topic, at_least, timeout), timeout + 15))
 
 

@@ -3,11 +3,9 @@ from __future__ import annotations
 import gzip
 import zlib
 
-import orjson
 import pytest
 
 from tracker.collector.ingest import Checks, decode_body, parse_batch, parse_json
-from tracker.collector.publisher import encode_groups
 from tracker.errors import ValidationError
 
 LIMIT = 10_000
@@ -121,16 +119,3 @@ def test_bodies_of_the_wrong_shape(payload: object, reason: str) -> None:
     with pytest.raises(ValidationError) as info:
         _parse(payload)
     assert info.value.reason == reason
-
-
-def test_records_of_one_customer_share_one_kafka_message() -> None:
-    records = [
-        {"message_id": "1", "user_id": "", "anonymous_id": "a"},
-        {"message_id": "2", "user_id": "u", "anonymous_id": "a"},
-        {"message_id": "3", "user_id": "", "anonymous_id": "a"},
-    ]
-    groups = encode_groups(records)
-    assert [(k, [r["message_id"] for r in orjson.loads(v)]) for k, v in groups] == [
-        (b"a", ["1", "3"]),
-        (b"u", ["2"]),
-    ]

@@ -29,6 +29,10 @@ from tracker.core.journeys.engine import (
 )
 from tracker.core.journeys.results import Result
 
+# The worker folds in steps of L; these tests fold in quarters of it, so the short histories
+# here cross several cuts. The exactness argument holds for any step.
+STEP = 15 * MIN
+
 
 def settled(history: list[Touchpoint], now: int, customer: str = "c1") -> Counter[Result]:
     return Counter(evaluate(SHOP, customer, sorted(history, key=lambda x: x.order), now))
@@ -46,7 +50,7 @@ def test_folded_state_gives_the_complete_history_results(
     delivery: tuple[list[Touchpoint], list[tuple[int, Touchpoint]]], chunk: int
 ) -> None:
     history, arrivals = delivery
-    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS, fold_step_ms=STEP)
     state = CustomerState("c1")
     total: Counter[Result] = Counter()
     end = max(t for t, _ in arrivals) + 3 * 60 * MIN
@@ -71,7 +75,7 @@ def test_folded_state_gives_the_complete_history_results(
 
 
 def test_a_fold_drops_only_results_no_late_data_can_change() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     state = CustomerState("c1")
     bought = [tp(0, "Product Viewed"), tp(1, "Product Added"), tp(2, "Checkout Started"),
               tp(3, "Order Completed")]  # fmt: skip
@@ -113,7 +117,7 @@ def _folded(engine: JourneyEngine) -> tuple[CustomerState, Counter[Result], Touc
 
 
 def test_a_copy_of_a_folded_touchpoint_counts_once() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     state, total, pv = _folded(engine)
     copy = replace(pv, t=135 * MIN)  # a retry whose event time moved past the cut
     assert engine.add(state, [copy]) == 0
@@ -122,7 +126,7 @@ def test_a_copy_of_a_folded_touchpoint_counts_once() -> None:
 
 
 def test_a_touchpoint_behind_the_fold_is_counted_and_left_out() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     state, _, _ = _folded(engine)
     behind = tp(52, "Product Added")  # forwarded by a merge: it never met the lateness check
     assert engine.add(state, [behind]) == 0
@@ -141,7 +145,7 @@ def _bot(n: int, start: int = 0) -> list[Touchpoint]:
 
 
 def test_a_hot_key_stays_within_its_bounds() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     state = CustomerState("bot")
     total: Counter[Result] = Counter()
     bot = _bot(50_000)
@@ -167,7 +171,7 @@ def test_a_hot_key_stays_within_its_bounds() -> None:
 
 
 def test_the_size_guard_folds_a_state_that_would_not_fit() -> None:
-    unbounded = JourneyEngine([SHOP], lateness_ms=60 * MIN, max_live_touchpoints=10**9,
+    unbounded = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP, max_live_touchpoints=10**9,
                               max_state_bytes=10**9)  # fmt: skip
     state = CustomerState("bot")
     bot = _bot(20_000)
@@ -176,7 +180,7 @@ def test_the_size_guard_folds_a_state_that_would_not_fit() -> None:
     total: Counter[Result] = Counter()
     tally(total, unbounded.settle(state, now))
     assert len(orjson.dumps(dump_state(state, unbounded.fingerprint))) > 2 * 512 * 1024
-    guarded = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    guarded = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     raw, changes = dump_bounded(guarded, state, now)
     assert len(raw) <= guarded.max_state_bytes == 512 * 1024
     assert guarded.counts["state_guard"] == 1 and state.hot and not state.history
@@ -187,7 +191,7 @@ def test_the_size_guard_folds_a_state_that_would_not_fit() -> None:
 
 
 def test_a_state_stored_before_folding_existed_loads_as_never_folded() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     state = CustomerState("c1")
     engine.add(state, [tp(0, "Product Viewed"), tp(1, "Product Added")])
     engine.settle(state, 2 * MIN)
@@ -200,7 +204,7 @@ def test_a_state_stored_before_folding_existed_loads_as_never_folded() -> None:
 
 
 def test_a_folded_state_round_trips_and_a_definition_change_resets_its_cursors() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     state, _, _ = _folded(engine)
     raw = orjson.loads(orjson.dumps(dump_state(state, engine.fingerprint)))
     back = load_state(raw, engine.fingerprint)
@@ -222,7 +226,7 @@ def _anonymous(results: Counter[Result]) -> Counter[Result]:
 
 
 def test_merge_adopts_the_only_folded_past() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     viewed, added = tp(55, "Product Viewed"), tp(62, "Product Added")
     member_total: Counter[Result] = Counter()
     member = CustomerState("member")
@@ -247,7 +251,7 @@ def test_merge_adopts_the_only_folded_past() -> None:
 
 
 def test_merge_of_two_folded_pasts_is_counted() -> None:
-    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP)
     member = _customer(engine, "member", [tp(55, "Product Viewed")], 140 * MIN)
     owner = _customer(engine, "owner", [tp(50, "Product Viewed")], 140 * MIN)
     before = owner.cursors

@@ -32,7 +32,7 @@ Bench = Callable[[Settings], list[Row]]
 
 def worker_rows(result: dict[str, Any]) -> list[Row]:
     targets = result["targets"]
-    return [
+    rows = [
         Row(
             "worker events/s",
             result["worker_events_per_s"],
@@ -40,6 +40,7 @@ def worker_rows(result: dict[str, Any]) -> list[Row]:
             result["ratio"],
             targets["worker_events_per_s"],
         ),
+        Row("worker events per CPU second", result["worker_events_per_cpu_s"]),
         Row("worker open journey instances at the end", result["open_instances"]),
         Row(
             "worker bytes per open instance",
@@ -47,6 +48,11 @@ def worker_rows(result: dict[str, Any]) -> list[Row]:
             target=targets["bytes_per_open_instance"],
         ),
     ]
+    for measure, model in result.get("model", {}).items():  # fitted to wall and to CPU seconds
+        for term in ("message", "customer_batch", "event"):
+            figure = f"worker cost ({measure}): us per {term.replace('_', ' ')}"
+            rows.append(Row(figure, model[f"us_per_{term}"]))
+    return rows
 
 
 def e2e_rows(result: dict[str, Any]) -> list[Row]:
@@ -126,7 +132,9 @@ def _collector(settings: Settings) -> list[Row]:
 def _worker(settings: Settings) -> list[Row]:
     from tracker.bench import worker
 
-    return worker_rows(worker.run(settings, events=200_000, customers=50_000, per_message=5))
+    return worker_rows(
+        worker.run(settings, events=200_000, customers=50_000, per_request=5, model_events=100_000)
+    )
 
 
 def _e2e(settings: Settings) -> list[Row]:

@@ -22,8 +22,9 @@ from tracker.collector.ingest import (
     parse_batch,
     parse_json,
 )
+from tracker.collector.linger import Linger
 from tracker.collector.openapi import OPENAPI
-from tracker.collector.publisher import Publisher, encode_groups
+from tracker.collector.publisher import Publisher
 from tracker.collector.sdk import SDK_PATH, StaticScript
 from tracker.collector.sources import Source, Sources
 from tracker.errors import UnavailableError, ValidationError
@@ -74,6 +75,13 @@ class Collector:
         self.publisher = publisher
         self.metrics = metrics
         self.sources = sources
+        self.linger = Linger(
+            publisher,
+            settings.topic_touchpoints,
+            seconds=settings.collector_linger_ms / 1000,
+            max_pending_bytes=settings.collector_linger_max_bytes,
+            wait_seconds=settings.produce_timeout,
+        )
 
     def build(self) -> web.Application:
         # Bodies may be compressed: the raw limit is the batch limit; decode_body bounds the rest.
@@ -290,8 +298,7 @@ class Collector:
         return _json(200, body)
 
     async def _publish(self, parsed: ParsedBatch, source: str, received_at_ms: int) -> None:
-        topic = self.settings.topic_touchpoints
-        await self.publisher.publish(topic, encode_groups(parsed.records))
+        await self.linger.publish(parsed.records)
         if parsed.rejected:
             dead = [_dead_letter(r, source, received_at_ms) for r in parsed.rejected]
             await self.publisher.publish(self.settings.topic_deadletter, dead)

@@ -23,7 +23,8 @@ import orjson
 
 from tracker.collector.exports import BadRow, Row, read_csv, read_ndjson
 from tracker.collector.ingest import Checks, Rejected, validate_message
-from tracker.collector.publisher import Publisher, encode_groups
+from tracker.collector.linger import partition_batches
+from tracker.collector.publisher import Publisher
 from tracker.errors import UnavailableError, ValidationError
 from tracker.kafka.client import ensure_topics
 from tracker.settings import Settings
@@ -192,7 +193,8 @@ class _Sender:
 
     async def _publish(self, records: list[dict[str, Any]]) -> None:
         try:
-            await self.publisher.publish(self.topic, encode_groups(records))
+            partitions = await self.publisher.partitions(self.topic)
+            await self.publisher.publish_batches(self.topic, partition_batches(records, partitions))
         except UnavailableError as exc:
             raise UnavailableError(
                 f"{exc}; {self.result.accepted} rows were written before it, importing the file "

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -30,7 +28,6 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from tracker.core.touchpoint import record_key
 from tracker.errors import UnavailableError
 from tracker.kafka.client import client_options
 from tracker.settings import Settings
@@ -63,18 +60,6 @@ FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
     NotLeaderForPartitionError,
     LeaderNotAvailableError,
 )
-
-
-def encode_groups(records: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
-    """One Kafka message per customer key, carrying that key's records as a JSON array.
-
-    A browser batch is usually one visitor's events, so it becomes a single message: the worker's
-    cost is per message, not per event.
-    """
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        groups[record_key(record)].append(record)
-    return [(key.encode(), orjson.dumps(group)) for key, group in groups.items()]
 
 
 class Publisher:
@@ -133,6 +118,33 @@ class Publisher:
 
     async def publish(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
         """Send and wait for every acknowledgement, or raise :class:`UnavailableError`."""
+        await self._deliver(topic, [(key, value, None) for key, value in messages])
+
+    async def publish_batches(self, topic: str, batches: Sequence[tuple[int, bytes]]) -> None:
+        """Like :meth:`publish`, for messages of many customers (no key) to the partitions given
+        (see :mod:`tracker.collector.linger`)."""
+        await self._deliver(topic, [(None, value, partition) for partition, value in batches])
+
+    async def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions, sorted; from the producer's metadata once it has them."""
+        producer = self._producer
+        if producer is None:
+            raise UnavailableError("Kafka producer is being rebuilt", retry_after=1)
+        known = producer.client.cluster.partitions_for_topic(topic)
+        if not known:
+            try:
+                async with asyncio.timeout(self._settings.produce_timeout):
+                    known = await producer.partitions_for(topic)
+            except (TimeoutError, KafkaError) as exc:
+                self._failed(producer, exc)
+                raise UnavailableError(
+                    f"no partitions known for {topic}: {exc!r}", retry_after=2
+                ) from exc
+        return sorted(known)
+
+    async def _deliver(
+        self, topic: str, messages: list[tuple[bytes | None, bytes, int | None]]
+    ) -> None:
         if not messages:
             return
         producer = self._producer
@@ -142,7 +154,10 @@ class Publisher:
         deadline = loop.time() + self._settings.produce_timeout
         try:
             async with asyncio.timeout_at(deadline):
-                futures = [await producer.send(topic, value, key=key) for key, value in messages]
+                futures = [
+                    await producer.send(topic, value, key=key, partition=partition)
+                    for key, value, partition in messages
+                ]
             delivered = asyncio.gather(*futures)
             try:
                 # Shielded: a request that gives up must not cancel the batches' futures, or

@@ -78,6 +78,7 @@ async def serve(
     finally:
         listener.close()
         await runner.cleanup()
+        await collector.linger.stop()
         await publisher.stop()
         log.info("event=collector_stopped")
 

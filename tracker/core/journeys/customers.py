@@ -64,6 +64,7 @@ class Effects:
     refused: list[tuple[str, int]] = field(default_factory=list)  # states too big: (key, bytes)
     merges: int = 0  # customers merged into another by an alias
     moved: int = 0  # anonymous touchpoints moved to another customer by a device's links
+    customer_batches: int = 0  # customers worked on, one per customer per batch
 
 
 class StateCache(OrderedDict[str, CustomerState]):
@@ -413,6 +414,7 @@ class Customers:
         return orjson.loads(raw) if raw else None
 
     def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
+        self._fx.customer_batches += len(batch)
         for key in sorted(batch):
             state = self._load(key) or self._fresh(key)
             self._gone.pop(key, None)

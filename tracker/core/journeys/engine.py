@@ -330,14 +330,16 @@ class JourneyEngine:
         lateness_ms: int,
         max_live_touchpoints: int = DEFAULT_MAX_LIVE_TOUCHPOINTS,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        fold_step_ms: int | None = None,
     ) -> None:
         self.journeys = tuple(journeys)
         self.lateness_ms = lateness_ms
         self.max_live_touchpoints = max(max_live_touchpoints, 2)
         self.max_state_bytes = max_state_bytes
         # The cut moves in steps of F = L (at least a second), so a customer folds at most
-        # once per step, and 2L-3L of touchpoints stay live.
-        self.fold_step = max(lateness_ms // 4, 1000)
+        # once per step, and 2L-3L of touchpoints stay live: identity merges of histories
+        # younger than that stay exact (docs/journeys.md). Any F keeps late data exact.
+        self.fold_step = max(lateness_ms if fold_step_ms is None else fold_step_ms, 1000)
         self.bases: list[int] = []
         self.rules: list[Any] = []
         for j in self.journeys:
