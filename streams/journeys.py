@@ -35,7 +35,6 @@ per worker, so timers and agents never interleave inside a read-modify-write.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -48,13 +47,12 @@ from aiokafka.partitioner import murmur2
 
 from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
+from streams.timers import Rebuild, Timers
 from tracker.core.identity import Device, Identities, Link, links_of
 from tracker.core.journeys.codec import (
     dump_state,
-    load_emitted,
     load_state,
     result_row,
-    stored_deadline,
     tp_from_list,
     tp_to_list,
 )
@@ -74,7 +72,6 @@ SENT_LINKS_MAX = 100_000
 # Links reach the identity agent a little after the lateness check at ingest: repeats are kept
 # this much longer than the allowed lateness before they are compacted away.
 LINK_TRANSIT_MS = 5 * 60_000
-REBUILD_SLICE = 2_000  # customer states read between yields of a timer rebuild
 LINKS_PER_MESSAGE = 500  # about 60 bytes each: well under Kafka's message size limit
 
 
@@ -150,7 +147,7 @@ class JourneyAgents:
         self.links = app.Table("identity-links", partitions=1, **table_opts)
         self.identities: Identities | None = None
         self.lock = asyncio.Lock()
-        self.timers: list[tuple[int, str]] = []
+        self.timers = Timers()
         self.timers_stale = True
         self._generation = 0  # rebalances so far: a timer rebuild spanning one is stale
         # Partitions this worker owns now. The in-memory tables keep what they held for partitions
@@ -513,16 +510,15 @@ class JourneyAgents:
     async def on_tick(self) -> None:
         if self.app.rebalancing:
             return
+        if self.timers_stale and not await self._rebuild_timers():
+            return
+        await self._settle_due()
+
+    async def _settle_due(self) -> None:
         now = now_ms()
         async with self.lock:
-            if self.timers_stale and not await self._rebuild_timers():
-                return
             # At most a batch's worth per tick: after an outage every customer may be due at once.
-            due: set[str] = set()
-            most = self.settings.sink_max_rows
-            while self.timers and self.timers[0][0] < now and len(due) < most:
-                due.add(heapq.heappop(self.timers)[1])
-            for key in sorted(due):
+            for key in sorted(self.timers.due(now, self.settings.sink_max_rows)):
                 if not self._is_ours(key):
                     continue
                 state = self._load(key)
@@ -532,42 +528,35 @@ class JourneyAgents:
 
     async def _rebuild_timers(self) -> bool:
         """A timer for every customer of ours with a drop-off not emitted yet, including those
-        whose deadline passed while nobody owned their partition: they are due at once.
+        whose deadline passed while nobody owned their partition: they are due at once; and the
+        open instances counted again.
 
-        This reads every state held, so it gives the loop back every few thousand: heartbeats
-        and raw-row writes go on meanwhile. A rebalance in between makes it give up (False);
-        the next tick starts again.
+        This reads every state held, a slice at a time under the lock (``streams/timers.py``):
+        touchpoints are handled in between, and the timers found so far fire. A rebalance in
+        between makes it give up (False); the next tick starts again.
         """
         generation = self._generation
-        on_disk = self.settings.worker_store == "rocksdb"
-        self.timers = []
-        self.journey_metrics.reset()
-        for i, raw in enumerate(self.customers.values()):
-            if i % REBUILD_SLICE == REBUILD_SLICE - 1:
+        rebuild = Rebuild(self.customers, self.active, self.settings.topic_partitions,
+                          self.engine, self.journey_metrics, self.timers)  # fmt: skip
+        began = time.monotonic()
+        fired = began
+        try:
+            async with self.lock:
+                rebuild.start()
+            while not rebuild.done:
                 await asyncio.sleep(0)
-                if self._generation != generation or self.app.rebalancing:
-                    return False
-            if not raw:
-                continue  # a deletion recovered from the changelog
-            data = orjson.loads(raw)
-            if "gone" in data:
-                continue  # a customer key merged into another
-            customer = data["c"]
-            # RocksDB tables hold only the partitions assigned here; memory ones keep the rest.
-            if not on_disk and not self._is_ours(customer):
-                continue
-            known, deadline = stored_deadline(data, self.engine.fingerprint)
-            if known:
-                emitted = CustomerState(customer, emitted=load_emitted(data))
-                self.journey_metrics.add_state(emitted)
-            else:
-                state = load_state(data, self.engine.fingerprint)
-                self.journey_metrics.add_state(state)
-                deadline = self.engine.next_deadline(state)
-            if deadline is not None:
-                self.timers.append((deadline, customer))
-        heapq.heapify(self.timers)
+                if time.monotonic() - fired >= self.settings.timer_interval:
+                    await self._settle_due()
+                    fired = time.monotonic()
+                async with self.lock:
+                    if self._generation != generation or self.app.rebalancing:
+                        return False
+                    rebuild.step()
+        finally:
+            rebuild.finish()
         self.timers_stale = False
+        log.info("event=timers_rebuilt states=%d timers=%d seconds=%.2f",
+                 rebuild.read, len(self.timers), time.monotonic() - began)  # fmt: skip
         return True
 
     # -- state changes -----------------------------------------------------------------------------
@@ -617,7 +606,7 @@ class JourneyAgents:
         self._stage_rows(changes, state.version)
         self._dirty[state.customer] = state
         if state.deadline is not None:
-            heapq.heappush(self.timers, (state.deadline, state.customer))
+            self.timers.push(state.deadline, state.customer)
         self.journey_metrics.changes(state, changes)
 
     def _stage_rows(self, changes: Iterable[Change], version: int) -> None:
