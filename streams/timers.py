@@ -7,7 +7,7 @@ heap is rebuilt from every customer state of the partitions this worker owns, an
 journey instances are counted again from the same states.
 
 That pass reads every state held: about a million at a million customers, tens of seconds. It
-runs in slices of :data:`SLICE` states, each under the journey lock, and gives the lock back in
+runs in slices of :data:`SLICE_SECONDS`, each under the journey lock, and gives the lock back in
 between, so touchpoints are written and journeys evaluated while it goes on, and timers already
 found fire. A slice reads, under the lock, the states as they are after every batch before it.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +34,10 @@ from tracker.core.journeys.codec import load_emitted, load_state, stored_deadlin
 from tracker.core.journeys.engine import CustomerState, JourneyEngine
 
 _Read = tuple[list[tuple[bytes, bytes]], bytes | None]  # (key, value)s, the last key passed
-SLICE = 1_000  # states read per slice of a rebuild: a few tens of ms under the lock
+# A slice of a rebuild holds the journey lock for about this long (read CHUNK states at a time).
+SLICE_SECONDS = 0.02
+SLICE = 100_000
+CHUNK = 100
 
 
 class Timers:
@@ -178,10 +182,11 @@ class Rebuild:
             return False
         return self.segments[i].will_read(key)
 
-    def step(self, most: int = SLICE) -> None:
-        """Read up to ``most`` states (call under the lock)."""
-        while most > 0 and not self.done:
-            items, last = self.segments[self._index].read(self._after, most)
+    def step(self, seconds: float = SLICE_SECONDS, most: int = SLICE) -> None:
+        """Read states for about ``seconds``, ``most`` at most (call under the lock)."""
+        until = time.perf_counter() + seconds
+        while most > 0 and not self.done and time.perf_counter() < until:
+            items, last = self.segments[self._index].read(self._after, min(most, CHUNK))
             if last is None:
                 self._index += 1
                 self._after = None

@@ -166,6 +166,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         result = {"runs": [restart.run(settings, customers=n) for n in args.customers]}
         rows = registry.restart_rows(result)
+    elif args.bench == "identity":
+        from tracker.bench import identity
+
+        result = identity.run(settings, links=args.links)
+        rows = registry.identity_rows(result)
     elif args.bench == "collector":
         from tracker.bench import collector
 
@@ -295,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("restart", help="worker start -> first new event written, vs in memory")
     b.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="customers of state, one run each")  # fmt: skip
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("identity", help="identity links/s of the one identity agent")
+    b.add_argument("--links", type=int, default=100_000, help="links per round (new, repeat)")
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
     b = bench.add_parser("all", help="every benchmark, one table, JSON with a timestamp")

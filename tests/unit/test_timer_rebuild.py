@@ -107,7 +107,7 @@ def test_changes_during_a_rebuild_are_counted_once(world: World, seed: int) -> N
     rebuild.start()
     assert world.metrics.open == Counter()
     while not rebuild.done:
-        rebuild.step(most=rng.randint(1, 40))
+        rebuild.step(seconds=60, most=rng.randint(1, 40))
         # Between slices: customers changed on both sides of the scan, and new ones.
         for c in [*rng.sample(customers, 5), f"new{rng.randint(0, 10**6)}"]:
             if c not in customers:
@@ -130,7 +130,7 @@ def test_only_owned_partitions_are_read(world: World) -> None:
     rebuild = Rebuild(SimpleNamespace(data=world.store), ours, PARTITIONS, world.engine,
                       world.metrics, world.timers)  # fmt: skip
     rebuild.start()
-    rebuild.step(most=10**6)
+    rebuild.step(seconds=600, most=10**6)
     assert rebuild.done
     mine = {c for c in world.states if partition_of(c.encode(), PARTITIONS) in ours}
     assert rebuild.read == (len(mine) if isinstance(world.store, RocksStore) else 200)

@@ -103,6 +103,16 @@ def restart_rows(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def identity_rows(result: dict[str, Any]) -> list[Row]:
+    base = result["baseline_links_per_s"]
+    return [
+        Row("identity agent: new-pair links/s (baseline: bare)", result["new_pair_links_per_s"],
+            base, result["new_pair_ratio"]),
+        Row("identity agent: repeat links/s", result["repeat_links_per_s"], base,
+            result["repeat_ratio"]),
+    ]  # fmt: skip
+
+
 def _collector(settings: Settings) -> list[Row]:
     from tracker.bench import collector
 
@@ -128,11 +138,18 @@ def _restart(settings: Settings) -> list[Row]:
     return restart_rows({"runs": runs})
 
 
+def _identity(settings: Settings) -> list[Row]:
+    from tracker.bench import identity
+
+    return identity_rows(identity.run(settings, links=100_000))
+
+
 BENCHES: dict[str, Bench] = {
     "collector": _collector,
     "worker": _worker,
     "e2e": _e2e,
     "restart": _restart,
+    "identity": _identity,
 }
 
 
