@@ -545,8 +545,11 @@ class JourneyAgents:
                 rebuild.start()
             while not rebuild.done:
                 await asyncio.sleep(0)
+                if self._generation != generation or self.app.rebalancing or self.app.should_stop:
+                    return False
                 if time.monotonic() - fired >= self.settings.timer_interval:
-                    await self._settle_due()
+                    if self.timers.due_before(now_ms()):
+                        await self._settle_due()
                     fired = time.monotonic()
                 async with self.lock:
                     if self._generation != generation or self.app.rebalancing:

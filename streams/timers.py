@@ -55,6 +55,9 @@ class Timers:
     def clear(self) -> None:
         self._heap = []
 
+    def due_before(self, now: int) -> bool:
+        return bool(self._heap) and self._heap[0][0] < now
+
     def due(self, now: int, most: int) -> set[str]:
         """Up to ``most`` customers whose deadline is before ``now``, taken off the heap."""
         out: set[str] = set()

@@ -164,7 +164,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     elif args.bench == "restart":
         from tracker.bench import restart
 
-        result = {"runs": [restart.run(settings, customers=n) for n in args.customers]}
+        runs = [restart.run(settings, customers=n, timeout=args.timeout) for n in args.customers]
+        result = {"runs": runs}
         rows = registry.restart_rows(result)
     elif args.bench == "identity":
         from tracker.bench import identity
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("restart", help="worker start -> first new event written, vs in memory")
     b.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="customers of state, one run each")  # fmt: skip
+    b.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds a worker start may take (a first one reads all)")  # fmt: skip
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
     b = bench.add_parser("identity", help="identity links/s of the one identity agent")
