@@ -164,7 +164,10 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     elif args.bench == "restart":
         from tracker.bench import restart
 
-        runs = [restart.run(settings, customers=n, timeout=args.timeout) for n in args.customers]
+        runs = [
+            restart.run(settings, customers=n, timeout=args.timeout, baseline=args.baseline)
+            for n in args.customers
+        ]
         result = {"runs": runs}
         rows = registry.restart_rows(result)
     elif args.bench == "identity":
@@ -303,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="customers of state, one run each")  # fmt: skip
     b.add_argument("--timeout", type=float, default=900.0,
                    help="seconds a worker start may take (a first one reads all)")  # fmt: skip
+    b.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="leave out the start with tables in memory (slow at 1M)")  # fmt: skip
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
     b = bench.add_parser("identity", help="identity links/s of the one identity agent")

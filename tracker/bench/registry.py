@@ -98,7 +98,7 @@ def restart_rows(result: dict[str, Any]) -> list[Row]:
             Row(f"{at}: first raw row s (baseline: memory)", r["restart_s"], r["baseline_s"],
                 r["ratio"], r["target_s"]),
             Row(f"{at}: first journey result s", r["restart"]["journey_s"],
-                r["memory"]["journey_s"]),
+                r["memory"].get("journey_s")),
         ]  # fmt: skip
     return rows
 
