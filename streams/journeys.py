@@ -508,11 +508,17 @@ class JourneyAgents:
     # -- timers ------------------------------------------------------------------------------------
 
     async def on_tick(self) -> None:
-        if self.app.rebalancing:
+        if not self._streams_ready():
             return
         if self.timers_stale and not await self._rebuild_timers():
             return
         await self._settle_due()
+
+    def _streams_ready(self) -> bool:
+        """Whether faust is done with a rebalance, up to the seek after its recovery: a timer
+        rebuild competing with that seek for the loop delayed it by seconds at a million states."""
+        recovered = self.app.tables.recovery.completed.is_set()
+        return recovered and self.app.consumer.flow_active and not self.app.rebalancing
 
     async def _settle_due(self) -> None:
         now = now_ms()
@@ -547,6 +553,9 @@ class JourneyAgents:
                 await asyncio.sleep(0)
                 if self._generation != generation or self.app.rebalancing or self.app.should_stop:
                     return False
+                if not self._streams_ready():  # faust stopped the flow: a rebalance begins
+                    await asyncio.sleep(self.settings.timer_interval)
+                    continue
                 if time.monotonic() - fired >= self.settings.timer_interval:
                     if self.timers.due_before(now_ms()):
                         await self._settle_due()
