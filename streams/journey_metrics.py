@@ -22,7 +22,7 @@ Durations are observed when a result is first emitted; a re-emission under anoth
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tracker.core.journeys.definition import Journey
@@ -42,6 +42,9 @@ class JourneyMetrics:
         self.stages = {j.name: [s.name for s in j.stages] for j in journeys}
         self.order = [j.name for j in journeys]  # the engine's journey order, as its cursors are
         self.open: Counter[_Key] = Counter()
+        # While the open instances are counted again from the stored states (streams/timers.py),
+        # whether a customer is still to be counted there: its changes until then must not count.
+        self.ahead_of_recount: Callable[[str], bool] | None = None
         # Metric children by (metric, labels): labels() takes a lock and builds a key each time,
         # and this runs for every result. Bounded by the label sets of the definitions.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -80,9 +83,12 @@ class JourneyMetrics:
             return
         withdrawn = {_identity(r) for sign, r in changes if sign < 0}
         entered: dict[tuple[str, str, int], int] | None = None
+        ahead = self.ahead_of_recount
+        count_open = ahead is None or not ahead(state.customer)
         for sign, result in changes:
             self._count(sign, result)
-            self._open_delta(sign, result)
+            if count_open:
+                self._open_delta(sign, result)
             if sign < 0 or (withdrawn and _identity(result) in withdrawn):
                 continue  # a correction re-emits a result whose duration was observed already
             if isinstance(result, Conversion):

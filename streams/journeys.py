@@ -36,7 +36,6 @@ always has its rows in the warehouse. The most recently used states stay in memo
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -48,9 +47,9 @@ from aiokafka.partitioner import murmur2
 
 from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
+from streams.timers import Rebuild, Timers
 from streams.writes import DirectTable, Writer
 from tracker.core.identity import Identities, Link, links_of
-from tracker.core.journeys.codec import load_counted, load_state, stored_deadline
 from tracker.core.journeys.customers import (
     Customers,
     Message,
@@ -69,7 +68,6 @@ SENT_LINKS_MAX = 100_000
 # Links reach the identity agent a little after the lateness check at ingest: repeats are kept
 # this much longer than the allowed lateness before they are compacted away.
 LINK_TRANSIT_MS = 5 * 60_000
-REBUILD_SLICE = 2_000  # customer states read between yields of a timer rebuild
 LINKS_PER_MESSAGE = 500  # about 60 bytes each: well under Kafka's message size limit
 STATES_CACHED = 10_000  # customer states kept as objects between batches (a few KB each)
 
@@ -156,7 +154,7 @@ class JourneyAgents:
             on_past=self.journey_metrics.past,
         )
         self.lock = asyncio.Lock()
-        self.timers: list[tuple[int, str]] = []
+        self.timers = Timers()
         self.timers_stale = True
         self._generation = 0  # rebalances so far: a timer rebuild spanning one is stale
         # Partitions this worker owns now. The in-memory tables keep what they held for partitions
@@ -375,60 +373,67 @@ class JourneyAgents:
     # -- timers ------------------------------------------------------------------------------------
 
     async def on_tick(self) -> None:
-        if self.app.rebalancing:
+        if not self._streams_ready():
             return
+        if self.timers_stale and not await self._rebuild_timers():
+            return
+        await self._settle_due()
+
+    def _streams_ready(self) -> bool:
+        """Whether faust is done with a rebalance, up to the seek after its recovery: a timer
+        rebuild competing with that seek for the loop delayed it by seconds at a million states."""
+        recovered = self.app.tables.recovery.completed.is_set()
+        return recovered and self.app.consumer.flow_active and not self.app.rebalancing
+
+    async def _settle_due(self) -> None:
         now = now_ms()
         async with self.lock:
             self.writer.store_delivered()
-            if self.timers_stale and not await self._rebuild_timers():
-                return
             # At most a batch's worth per tick: after an outage every customer may be due at once.
-            due: set[str] = set()
-            most = self.settings.sink_max_rows
-            while self.timers and self.timers[0][0] < now and len(due) < most:
-                due.add(heapq.heappop(self.timers)[1])
+            due = self.timers.due(now, self.settings.sink_max_rows)
             self.core.settle_due([key for key in sorted(due) if self._is_ours(key)], now)
             written = await self._commit()
         await written
 
     async def _rebuild_timers(self) -> bool:
         """A timer for every customer of ours with a drop-off not emitted yet, including those
-        whose deadline passed while nobody owned their partition: they are due at once.
+        whose deadline passed while nobody owned their partition: they are due at once; and the
+        open instances counted again.
 
-        This reads every state held, so it gives the loop back every few thousand: heartbeats
-        and raw-row writes go on meanwhile. A rebalance in between makes it give up (False);
-        the next tick starts again.
+        This reads every state held, a slice at a time under the lock (``streams/timers.py``):
+        touchpoints are handled in between, and the timers found so far fire. A rebalance in
+        between makes it give up (False); the next tick starts again.
         """
         generation = self._generation
-        on_disk = self.settings.worker_store == "rocksdb"
-        self.timers = []
-        self.journey_metrics.reset()
-        for i, raw in enumerate(self.states.values()):
-            if i % REBUILD_SLICE == REBUILD_SLICE - 1:
+        rebuild = Rebuild(self.customers, self.active, self.settings.topic_partitions,
+                          self.engine, self.journey_metrics, self.timers,
+                          pending=self.states.pending)  # fmt: skip
+        began = time.monotonic()
+        fired = began
+        try:
+            async with self.lock:
+                rebuild.start()
+            while not rebuild.done:
                 await asyncio.sleep(0)
-                if self._generation != generation or self.app.rebalancing:
+                if self._generation != generation or self.app.rebalancing or self.app.should_stop:
                     return False
-            if not raw:
-                continue  # a deletion recovered from the changelog
-            data = orjson.loads(raw)
-            if "gone" in data:
-                continue  # a customer key merged into another
-            customer = data["c"]
-            # RocksDB tables hold only the partitions assigned here; memory ones keep the rest.
-            if not on_disk and not self._is_ours(customer):
-                continue
-            known, deadline = stored_deadline(data, self.engine.fingerprint)
-            if known:
-                emitted = load_counted(data, self.engine.fingerprint)
-                self.journey_metrics.add_state(emitted)
-            else:
-                state = load_state(data, self.engine.fingerprint)
-                self.journey_metrics.add_state(state)
-                deadline = self.engine.next_deadline(state)
-            if deadline is not None:
-                self.timers.append((deadline, customer))
-        heapq.heapify(self.timers)
+                if not self._streams_ready():  # faust stopped the flow: a rebalance begins
+                    await asyncio.sleep(self.settings.timer_interval)
+                    continue
+                if time.monotonic() - fired >= self.settings.timer_interval:
+                    if self.timers.due_before(now_ms()):
+                        await self._settle_due()
+                    fired = time.monotonic()
+                async with self.lock:
+                    if self._generation != generation or self.app.rebalancing:
+                        return False
+                    self.writer.store_delivered()
+                    rebuild.step()
+        finally:
+            rebuild.finish()
         self.timers_stale = False
+        log.info("event=timers_rebuilt states=%d timers=%d seconds=%.2f",
+                 rebuild.read, len(self.timers), time.monotonic() - began)  # fmt: skip
         return True
 
     # -- state changes -----------------------------------------------------------------------------
@@ -449,7 +454,7 @@ class JourneyAgents:
         self.journey_metrics.drain(self.engine.counts)
         fx = self.core.commit()
         for deadline in fx.deadlines:
-            heapq.heappush(self.timers, deadline)
+            self.timers.push(*deadline)
         for key, owner in fx.owners.items():
             if owner is None:
                 self.owners.pop(key.encode(), None)

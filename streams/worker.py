@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import faust
@@ -25,8 +26,17 @@ from tracker.warehouse.sink import RESULT_COLUMNS, TOUCHPOINT_COLUMNS, TableSink
 log = logging.getLogger(__name__)
 
 
+def _preload_insert_path() -> None:
+    """clickhouse-connect imports pandas at a process's first insert (1 to 3 s here): the first
+    raw rows after a restart would wait for it. Imported while the worker starts instead."""
+    from clickhouse_connect.driver import options
+
+    options.pd  # noqa: B018  (the attribute access is the import)
+
+
 def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | None = None) -> None:
     """Block until the worker is stopped (SIGINT/SIGTERM); acked offsets are committed on stop."""
+    threading.Thread(target=_preload_insert_path, name="preload", daemon=True).start()
     journeys = load_journeys(settings.journeys_file)
     log.info("event=journeys_loaded file=%s journeys=%s", settings.journeys_file,
              ",".join(j.name for j in journeys))  # fmt: skip

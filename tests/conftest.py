@@ -7,9 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tracker.kafka.broker import EmbeddedKafka
 from tracker.settings import Settings
+
+# The property tests draw the same examples on every run, so the suite is deterministic; explore
+# new ones with `pytest --hypothesis-seed=N` (docs/journeys.md lists what such runs found).
+hypothesis_settings.register_profile("deterministic", derandomize=True)
+hypothesis_settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="session")

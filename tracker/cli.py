@@ -164,13 +164,22 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     elif args.bench == "restart":
         from tracker.bench import restart
 
-        result = {"runs": [restart.run(settings, customers=n) for n in args.customers]}
+        runs = [
+            restart.run(settings, customers=n, timeout=args.timeout, baseline=args.baseline)
+            for n in args.customers
+        ]
+        result = {"runs": runs}
         rows = registry.restart_rows(result)
     elif args.bench == "history":
         from tracker.bench import history
 
         result = history.run(settings, sizes=tuple(args.touchpoints))
         rows = registry.history_rows(result)
+    elif args.bench == "identity":
+        from tracker.bench import identity
+
+        result = identity.run(settings, links=args.links)
+        rows = registry.identity_rows(result)
     elif args.bench == "collector":
         from tracker.bench import collector
 
@@ -304,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("restart", help="worker start -> first new event written, vs in memory")
     b.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="customers of state, one run each")  # fmt: skip
+    b.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds a worker start may take (a first one reads all)")  # fmt: skip
+    b.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="leave out the start with tables in memory (slow at 1M)")  # fmt: skip
+    b.add_argument("--json", type=Path, help="also write the figures here")
+    b.set_defaults(func=cmd_bench, process="bench")
+    b = bench.add_parser("identity", help="identity links/s of the one identity agent")
+    b.add_argument("--links", type=int, default=100_000, help="links per round (new, repeat)")
     b.add_argument("--json", type=Path, help="also write the figures here")
     b.set_defaults(func=cmd_bench, process="bench")
     b = bench.add_parser("history", help="time per added touchpoint vs a customer's history size")

@@ -171,8 +171,8 @@ def test_a_hot_key_stays_within_its_bounds() -> None:
 
 
 def test_the_size_guard_folds_a_state_that_would_not_fit() -> None:
-    unbounded = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP, max_live_touchpoints=10**9,
-                              max_state_bytes=10**9)  # fmt: skip
+    unbounded = JourneyEngine([SHOP], lateness_ms=60 * MIN, fold_step_ms=STEP,
+                              max_live_touchpoints=10**9, max_state_bytes=10**9)  # fmt: skip
     state = CustomerState("bot")
     bot = _bot(20_000)
     now = bot[-1].t

@@ -48,6 +48,7 @@ class Fixture:
         self.states: dict[str, CustomerState] = {}
         # Every result ever emitted per customer (the states keep only the live ones).
         self.emitted: dict[str, Counter[Any]] = {}
+        self.moved_past = False  # a merge took a folded past away (its open instance with it)
 
     def send(self, customer: str, now_min: float, *events: tuple[float, str]) -> None:
         state = self.states.setdefault(customer, CustomerState(customer))
@@ -60,7 +61,9 @@ class Fixture:
     def merge_away(self, customer: str) -> None:
         state = self.states.pop(customer)
         self._count(state, self.engine.retract_all(state))
-        self.observed.past(self.engine.past(state), -1)  # no owner here takes it
+        past = self.engine.past(state)
+        self.observed.past(past, -1)  # no owner here takes it
+        self.moved_past = past is not None
         del self.emitted[customer]  # its final results stay under its key; none are open
 
     def _count(self, state: CustomerState, changes: list[Any]) -> None:
@@ -262,10 +265,11 @@ def test_live_open_counts_equal_a_recount_and_the_definition(
     for state in fx.states.values():
         fx.observed.add_state(state)
     assert [fx.open(s) for s in stages] == [expected[("shop", s)] for s in stages]
-    # Net result counts never go below zero, and entries minus exits is what is open.
+    # Net result counts never go below zero, and entries minus exits is what is open (unless a
+    # merge took a folded past, whose entries stay counted, to an owner not modelled here).
     for s in stages:
         assert min(fx.net(k, s) for k in ("stage", "dropoff", "recovery", "advance")) >= 0
-    assert fx.net("stage", "browse") - fx.net("advance", "browse") - fx.net(
+    assert fx.moved_past or fx.net("stage", "browse") - fx.net("advance", "browse") - fx.net(
         "dropoff", "browse"
     ) + fx.net("recovery", "browse") == fx.open("browse")
 

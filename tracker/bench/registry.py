@@ -104,7 +104,7 @@ def restart_rows(result: dict[str, Any]) -> list[Row]:
             Row(f"{at}: first raw row s (baseline: memory)", r["restart_s"], r["baseline_s"],
                 r["ratio"], r["target_s"]),
             Row(f"{at}: first journey result s", r["restart"]["journey_s"],
-                r["memory"]["journey_s"]),
+                r["memory"].get("journey_s")),
         ]  # fmt: skip
     return rows
 
@@ -121,6 +121,16 @@ def history_rows(result: dict[str, Any]) -> list[Row]:
                 target=result["bound_bytes"]),
         ]  # fmt: skip
     return rows
+
+
+def identity_rows(result: dict[str, Any]) -> list[Row]:
+    base = result["baseline_links_per_s"]
+    return [
+        Row("identity agent: new-pair links/s (baseline: bare)", result["new_pair_links_per_s"],
+            base, result["new_pair_ratio"]),
+        Row("identity agent: repeat links/s", result["repeat_links_per_s"], base,
+            result["repeat_ratio"]),
+    ]  # fmt: skip
 
 
 def _collector(settings: Settings) -> list[Row]:
@@ -156,12 +166,19 @@ def _history(settings: Settings) -> list[Row]:
     return history_rows(history.run(settings))
 
 
+def _identity(settings: Settings) -> list[Row]:
+    from tracker.bench import identity
+
+    return identity_rows(identity.run(settings, links=100_000))
+
+
 BENCHES: dict[str, Bench] = {
     "collector": _collector,
     "worker": _worker,
     "e2e": _e2e,
     "restart": _restart,
     "history": _history,
+    "identity": _identity,
 }
 
 
