@@ -34,6 +34,7 @@ import faust
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
+from faust.types import TP
 
 from tracker.warehouse.sink import TableSink
 
@@ -61,8 +62,15 @@ class DirectTable:
         value = self.pending.get(key)
         if value is not None:
             return value
-        stored = self.table.data.get(key)
+        db = self._db(self.partition_of(key))
+        stored = self.table.data.get(key) if db is None else db.get(key)
         return stored if stored else None
+
+    def _db(self, partition: int) -> Any:
+        """The RocksDB of ``partition`` when the store keeps one open (one read, where faust's
+        own lookup of a key it has not indexed tries every partition's); else None."""
+        dbs = getattr(self.table.data, "_dbs", None)
+        return None if dbs is None else dbs.get(partition)
 
     def partition_of(self, key: bytes) -> int:
         """The partition Kafka's default partitioner gives ``key``: where faust's write went."""
@@ -80,13 +88,42 @@ class DirectTable:
             if key not in self.pending:
                 yield value
 
-    def stored(self, key: bytes, value: bytes, meta: Any) -> None:
-        """``value`` is in the changelog at ``meta``: keep it locally, as faust would."""
+    def stored(self, partition: int, records: list[tuple[bytes, bytes]], offset: int) -> None:
+        """``records`` of ``partition`` are in the changelog, the last at ``offset``: keep them
+        locally, as faust would."""
         store = self.table.data
-        store[key] = value
-        store.set_persisted_offset(meta.topic_partition, meta.offset)
-        if self.pending.get(key) is value:
-            del self.pending[key]
+        db = self._db(partition)
+        for key, value in records:
+            if db is None:
+                store[key] = value
+            else:
+                db.put(key, value)
+            if self.pending.get(key) is value:
+                del self.pending[key]
+        store.set_persisted_offset(TP(self.topic, partition), offset)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The states of one unit for one changelog partition."""
+
+    table: DirectTable
+    partition: int
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def build(self, producer: Any) -> list[tuple[Any, int]]:
+        """The records as the producer's record batches, in order, each with its number of
+        records (a batch holds up to the producer's batch size; a bigger record goes alone)."""
+        built: list[tuple[Any, int]] = []
+        batch, count = producer.create_batch(), 0
+        for key, value in self.records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                built.append((batch, count))
+                batch, count = producer.create_batch(), 0
+                batch.append(key=key, value=value, timestamp=None)
+            count += 1
+        built.append((batch, count))
+        return built
 
 
 @dataclass
@@ -94,7 +131,7 @@ class Unit:
     rows: list[list[Any]]
     changes: list[list[Any]]
     forward: list[tuple[bytes, bytes]]  # (key, value) to the journey-input topic
-    states: list[tuple[DirectTable, bytes, bytes]]  # (table, key, value)
+    states: list[tuple[DirectTable, bytes, bytes]]  # (table, key, value), a key at most once
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -120,7 +157,7 @@ class Writer:
         self._queue: asyncio.Queue[Unit] = asyncio.Queue(maxsize=UNITS_QUEUED)
         self._task: asyncio.Task[None] | None = None
         # States in their changelog, for the local store: see store_delivered.
-        self._delivered: list[tuple[DirectTable, bytes, bytes, Any]] = []
+        self._delivered: list[tuple[_Batch, int]] = []  # (records, offset of the last)
 
     async def submit(
         self,
@@ -135,9 +172,6 @@ class Writer:
         for table, key, value in states:
             table.pending[key] = value
         unit = Unit(list(rows), changes, forward, states)
-        if not (unit.rows or changes or forward or states):
-            unit.done.set_result(None)  # nothing to write, nothing to keep in order
-            return unit.done
         if not (unit.rows or changes or forward or states):
             unit.done.set_result(None)  # nothing to write, nothing to keep in order
             return unit.done
@@ -166,17 +200,65 @@ class Writer:
         await self.results.write(unit.rows)
         await self.changes.write(unit.changes)
         await self._deliver([(self.forward_topic, key, value, None) for key, value in unit.forward])
-        sends = [(t.topic, key, value, t.partition_of(key)) for t, key, value in unit.states]
-        metas = await self._deliver(sends)
-        self._delivered += [(t, k, v, m) for (t, k, v), m in zip(unit.states, metas, strict=True)]
+        await self._deliver_states(unit.states)
 
     def store_delivered(self) -> None:
         """Put the states delivered to their changelogs into the local stores (call under the
         agents' lock: the stores and ``pending`` change only under it, so a timer rebuild that
         reads them while giving the loop back sees them whole)."""
         delivered, self._delivered = self._delivered, []
-        for table, key, value, meta in delivered:
-            table.stored(key, value, meta)
+        for batch, offset in delivered:
+            batch.table.stored(batch.partition, batch.records, offset)
+
+    async def _deliver_states(self, states: list[tuple[DirectTable, bytes, bytes]]) -> None:
+        """Send the states as record batches, one per changelog partition (a record at a time
+        through the producer costs far more per state), and wait until each is acknowledged.
+        The partitions whose sends failed are sent again, with capped exponential backoff:
+        within a unit a key comes once, so the order between partitions does not matter, and
+        a state written twice changes nothing."""
+        batches: dict[tuple[str, int], _Batch] = {}
+        for table, key, value in states:
+            partition = table.partition_of(key)
+            batch = batches.get((table.topic, partition))
+            if batch is None:
+                batch = batches[table.topic, partition] = _Batch(table, partition)
+            batch.records.append((key, value))
+        left = list(batches.values())
+        delay = 0.1
+        while left:
+            sent: list[tuple[_Batch, int, Any]] = []  # (batch, records, future)
+            whole: set[_Batch] = set()  # every record sent
+            error: BaseException | None = None
+            try:
+                producer = self.app.producer._ensure_producer()
+                for batch in left:
+                    for built, count in batch.build(producer):
+                        topic = batch.table.topic
+                        future = await producer.send_batch(built, topic, partition=batch.partition)
+                        sent.append((batch, count, future))
+                    whole.add(batch)
+            except KafkaError as exc:
+                error = exc
+            results = await asyncio.gather(*(f for _, _, f in sent), return_exceptions=True)
+            last: dict[_Batch, int] = {}  # offset of each batch's last record
+            for (batch, count, _), result in zip(sent, results, strict=True):
+                if isinstance(result, BaseException):
+                    error = error or result
+                    whole.discard(batch)
+                else:
+                    last[batch] = max(last.get(batch, -1), result.offset + count - 1)
+            done = [b for b in left if b in whole]
+            self._delivered += [(b, last[b]) for b in done]
+            left = [b for b in left if b not in done]
+            if left:
+                if error is not None and not isinstance(error, KafkaError):
+                    raise error
+                log.warning(
+                    "event=state_send_failed partitions_left=%d retry_in=%.1f error=%r",
+                    len(left), delay, error,
+                )  # fmt: skip
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, self.retry_max_seconds)
 
     async def _deliver(self, sends: Sequence[tuple[str, bytes, bytes, int | None]]) -> list[Any]:
         """Send in order and wait until each is acknowledged; what failed is sent again, in

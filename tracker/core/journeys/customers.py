@@ -208,6 +208,7 @@ class Customers:
         for key in keys:
             state = self._load(key)
             if state is not None:
+                state.deadline = None  # its timer fired: a deadline still ahead is set again
                 self._settle(state, now)
 
     def commit(self) -> Effects:
@@ -220,7 +221,7 @@ class Customers:
         """
         fx = self._fx
         for key, version in self._gone.items():
-            # A tombstone that keeps the key's last version (see _fresh); a few dozen bytes.
+            # A tombstone that keeps the key's last version (see _load); a few dozen bytes.
             fx.states[key] = _tight(orjson.dumps({"gone": version}))
         for key, state in self._dirty.items():
             # Over the engine's byte bound the state is folded completely: those changes are
@@ -311,7 +312,7 @@ class Customers:
         if owner != key:
             self._fx.forward.append((owner, msg))
             return
-        state = self._load(key) or self._fresh(key)
+        state = self._load_or_new(key)
         self._gone.pop(key, None)
         past = load_past(msg["past"])
         if self.engine.adopt_past(state, past) and self._on_past is not None:
@@ -377,34 +378,35 @@ class Customers:
         return self._owner_of(key) or key
 
     def _load(self, key: str) -> CustomerState | None:
-        state = self._dirty.get(key)
-        if state is not None:
-            return state
-        if key in self._gone:
-            return None
-        state = self.cache.get(key)
-        if state is not None:
-            return state
-        raw = self._state_bytes(key)
-        if not raw:
-            return None
-        data = orjson.loads(raw)
-        if "gone" in data:
-            return None
-        state = self.cache[key] = load_state(data, self.engine.fingerprint)
-        return state
+        return self._find(key)[0]
 
-    def _fresh(self, key: str) -> CustomerState:
-        """A new state for ``key``. A key can come back after it was merged away (a shared device:
-        user 1 logs in, then user 2, then user 1 again); its versions then go on from where the
-        old state's stopped, so its rows supersede the withdrawals written under that key. (A
+    def _load_or_new(self, key: str) -> CustomerState:
+        state, version = self._find(key)
+        return state if state is not None else CustomerState(key, version=version)
+
+    def _find(self, key: str) -> tuple[CustomerState | None, int]:
+        """``key``'s state, or None and the version a new state for it starts from.
+
+        A key can come back after it was merged away (a shared device: user 1 logs in, then
+        user 2, then user 1 again); a new state's versions then go on from where the old
+        state's stopped, so its rows supersede the withdrawals written under that key. (A
         version that started again at 0 would lose to them, and the results would vanish.)
         """
-        version = self._gone.get(key)
-        if version is None:
+        state = self._dirty.get(key)
+        if state is not None:
+            return state, 0
+        gone = self._gone.get(key)
+        if gone is None:
+            state = self.cache.get(key)
+            if state is not None:
+                return state, 0
             raw = self._state_bytes(key)
-            version = int(orjson.loads(raw).get("gone", 0)) if raw else 0
-        return CustomerState(key, version=version)
+            data = orjson.loads(raw) if raw else None
+            if data is not None and "gone" not in data:
+                state = self.cache[key] = load_state(data, self.engine.fingerprint)
+                return state, 0
+            gone = int(data["gone"]) if data is not None else 0
+        return None, gone
 
     def _load_device(self, device: str) -> dict[str, Any] | None:
         entry = self._devices.get(device)
@@ -416,16 +418,19 @@ class Customers:
     def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
         self._fx.customer_batches += len(batch)
         for key in sorted(batch):
-            state = self._load(key) or self._fresh(key)
+            state = self._load_or_new(key)
             self._gone.pop(key, None)
             if self.engine.add(state, batch[key]):
                 self._settle(state, now)
 
     def _settle(self, state: CustomerState, now: int) -> None:
+        """Settle ``state`` as of ``now``; its deadline goes to the timers when it changed (a
+        timer set before still stands)."""
         key = state.customer
+        before = state.deadline
         self._changed(state, self.engine.settle(state, now))
         self._dirty[key] = self.cache[key] = state
-        if state.deadline is not None:
+        if state.deadline is not None and state.deadline != before:
             self._fx.deadlines.append((state.deadline, key))
 
     def _changed(self, state: CustomerState, changes: list[Change]) -> None:

@@ -309,7 +309,17 @@ class Past:
 
 Change = tuple[int, Result]  # (+1 | -1, result)
 
+
+def _same(a: Counter[Result], b: Counter[Result]) -> bool:
+    """Equal multisets (neither holds a count of 0): dict equality, in C, where Counter's own
+    ``==`` walks both in Python."""
+    return dict.__eq__(a, b) is True
+
+
 DEFAULT_MAX_LIVE_TOUCHPOINTS = 2000
+# (type, event name, channel) triples whose rule matches are kept: a bound against senders that
+# make up event names.
+SIGNATURES_CACHED = 10_000
 DEFAULT_MAX_STATE_BYTES = 512 * 1024
 
 
@@ -346,6 +356,9 @@ class JourneyEngine:
             self.bases.append(len(self.rules))
             self.rules += [s.match for s in j.stages] + [p.match for p in (*j.pain, *j.love)]
         self._rules = [_Rules(j, b) for j, b in zip(self.journeys, self.bases, strict=True)]
+        self._property_rules = [i for i, r in enumerate(self.rules) if r.uses_properties]
+        self._name_rules = [i for i, r in enumerate(self.rules) if not r.uses_properties]
+        self._by_name: dict[tuple[str, str, str], int] = {}
         self._stage_masks = [
             ((1 << len(j.stages)) - 1) << b for j, b in zip(self.journeys, self.bases, strict=True)
         ]
@@ -356,10 +369,20 @@ class JourneyEngine:
         self.counts: Counter[str] = Counter()
 
     def signature(self, tp: Touchpoint) -> int:
-        """The bits of every rule ``tp`` matches."""
-        bits = 0
-        for i, rule in enumerate(self.rules):
-            if rule.matches(tp):
+        """The bits of every rule ``tp`` matches. Rules that look at nothing but the type, event
+        name and channel are matched once per such triple (``SIGNATURES_CACHED`` of them)."""
+        key = (tp.type, tp.event, tp.channel)
+        bits = self._by_name.get(key)
+        if bits is None:
+            bits = 0
+            for i in self._name_rules:
+                if self.rules[i].matches(tp):
+                    bits |= 1 << i
+            if len(self._by_name) >= SIGNATURES_CACHED:
+                self._by_name.clear()
+            self._by_name[key] = bits
+        for i in self._property_rules:
+            if self.rules[i].matches(tp):
                 bits |= 1 << i
         return bits
 
@@ -511,13 +534,15 @@ class JourneyEngine:
         """
         new = self.results(state, now)
         owed = state.unsettled
-        full = new + owed if owed else new
-        changes: list[Change] = [(-1, r) for r in (state.emitted - full).elements()]
-        changes += [(+1, r) for r in (full - state.emitted).elements()]
-        state.emitted = new  # what an early fold found is final: it leaves the state at once
-        state.unsettled = Counter()
-        if changes:
-            state.version += 1
+        changes: list[Change] = []
+        if owed or not _same(new, state.emitted):
+            full = new + owed if owed else new
+            changes = [(-1, r) for r in (state.emitted - full).elements()]
+            changes += [(+1, r) for r in (full - state.emitted).elements()]
+            state.emitted = new  # what an early fold found is final: it leaves the state at once
+            state.unsettled = Counter()
+            if changes:
+                state.version += 1
         final = self._fold(state, self.cut(now))
         if final:
             state.emitted -= Counter(final)

@@ -74,6 +74,12 @@ class Match:
         object.__setattr__(self, "_event_re", _glob(self.event))
         object.__setattr__(self, "_path_re", _glob(self.path))
 
+    @property
+    def uses_properties(self) -> bool:
+        """Whether the match reads the touchpoint's properties (or its path, which may come from
+        them): else it depends on the type, event name and channel alone."""
+        return bool(self.where or self.path is not None or any(m.uses_properties for m in self.any))
+
     def matches(self, tp: Any) -> bool:
         """``tp`` is a :class:`~tracker.core.journeys.engine.Touchpoint`."""
         if self.type is not None and tp.type != self.type:
