@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -50,8 +51,12 @@ def tp_from_list(v: list[Any]) -> Touchpoint:
     return Touchpoint(v[0], v[1], "", v[2], v[3], "", _NO_PROPERTIES, v[4])
 
 
+_FIELDS = {cls: attrgetter(*cls.__slots__) for cls in _KINDS.values()}
+
+
 def result_to_list(r: Result) -> list[Any]:
-    return [_KIND_OF[type(r)], *(getattr(r, f) for f in r.__slots__)]
+    cls = type(r)
+    return [_KIND_OF[cls], *_FIELDS[cls](r)]
 
 
 def result_from_list(v: list[Any]) -> Result:
@@ -87,7 +92,8 @@ def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
 
     ``fingerprint`` names the journey definitions the touchpoints' rule bits refer to. The
     folded past (cutoff ``k``, cursors ``q``, recent messageIds ``r``, hot ``x``) is written
-    only once there is one; ``w`` is the live history's estimated size (``JourneyEngine.add``).
+    only once there is one; ``w`` is the live history's estimated size (``JourneyEngine.add``);
+    ``t``, ``s`` and ``o`` are where the last settle's scan stands (``JourneyEngine.settle``).
     """
     raw: dict[str, Any] = {
         "f": fingerprint,
@@ -109,6 +115,17 @@ def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
         raw["x"] = 1
     if state.weight >= 0 and state.history:
         raw["w"] = state.weight  # the hot-key estimate, so a load need not count it again
+    if state.tail is not None and state.history:
+        # Where the scan of the live history stands, so a load need not scan it again, and
+        # which of the results the clock added (their places in "e").
+        places = {r: i for i, r in enumerate(state.emitted)}
+        clocked = [places.get(r, -1) for r in state.clocked]
+        if -1 not in clocked:
+            raw["t"] = [cursor_to_list(c) for c in state.tail]
+            if state.scanned != len(state.history):
+                raw["s"] = state.scanned
+            if clocked:
+                raw["o"] = clocked
     return raw
 
 
@@ -122,11 +139,12 @@ def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
     if not same:
         for tp in history:
             tp.bits = 0
-    return CustomerState(
+    emitted = [(result_from_list(r), n) for n, r in raw["e"]]
+    state = CustomerState(
         customer=raw["c"],
         history=history,
         seen={tp.message_id for tp in history},
-        emitted=load_emitted(raw),
+        emitted=Counter(dict(emitted)),
         version=raw["v"],
         cutoff=raw.get("k", -NEVER),
         cursors=_cursors(raw) if same else None,
@@ -134,6 +152,12 @@ def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
         hot=bool(raw.get("x")),
         weight=raw.get("w", -1) if history else 0,
     )
+    tail = raw.get("t")
+    if same and tail is not None:
+        state.tail = [cursor_from_list(v) for v in tail]
+        state.scanned = raw.get("s", len(history))
+        state.clocked = [emitted[i][0] for i in raw.get("o", ())]
+    return state
 
 
 def _cursors(raw: Mapping[str, Any]) -> list[Cursor] | None:

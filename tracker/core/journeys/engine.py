@@ -131,26 +131,39 @@ def advance(rules: _Rules, customer: str, cur: Cursor, t: int, out: list[Result]
     if inst is None:
         return
     if inst.dropped_at is None and t > inst.deadline:
-        stage = rules.journey.stages[inst.level - 1]
-        out.append(
-            DropOff(
-                rules.journey.name,
-                customer,
-                inst.instance,
-                stage.name,
-                inst.level,
-                inst.entered_at,
-                inst.deadline,
-                inst.deadline == inst.expires,
-                cur.last_event,
-                cur.last_channel,
-                tuple(inst.pain),
-                tuple(inst.love),
-            )
-        )
+        out.append(_drop_off(rules, customer, cur, inst))
         inst.dropped_at = inst.deadline
     if t > inst.expires:
         cur.inst = None
+
+
+def _drop_off(rules: _Rules, customer: str, cur: Cursor, inst: OpenInstance) -> DropOff:
+    return DropOff(
+        rules.journey.name,
+        customer,
+        inst.instance,
+        rules.journey.stages[inst.level - 1].name,
+        inst.level,
+        inst.entered_at,
+        inst.deadline,
+        inst.deadline == inst.expires,
+        cur.last_event,
+        cur.last_channel,
+        tuple(inst.pain),
+        tuple(inst.love),
+    )
+
+
+def clock(rules: _Rules, customer: str, cur: Cursor, now: int, out: list[Result]) -> int | None:
+    """``advance`` to ``now`` without moving ``cur``: the drop-off the clock adds, if any, and
+    the deadline at which it adds one next (None: none)."""
+    inst = cur.inst
+    if inst is None or inst.dropped_at is not None:
+        return None
+    if now > inst.deadline:
+        out.append(_drop_off(rules, customer, cur, inst))
+        return None
+    return inst.deadline
 
 
 def _deadline(journey: Journey, level: int, entered: int, expires: int) -> int:
@@ -296,6 +309,12 @@ class CustomerState:
     # Final results an early fold found between an add() and the settle() that emits them.
     unsettled: Counter[Result] = field(default_factory=Counter)
     weight: int = -1  # the live history's estimated stored bytes; -1: not counted yet
+    # Not stored: where the last settle's scan of the live history stands, per journey (None:
+    # to be scanned again from the checkpoint), how many touchpoints it covered, and what the
+    # clock added then. A settle after touchpoints added behind those scans only the new ones.
+    tail: list[Cursor] | None = field(default=None, compare=False, repr=False)
+    scanned: int = field(default=0, compare=False, repr=False)
+    clocked: list[Result] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass
@@ -308,6 +327,10 @@ class Past:
 
 
 Change = tuple[int, Result]  # (+1 | -1, result)
+
+
+def _order(tp: Touchpoint) -> tuple[int, str]:
+    return (tp.t, tp.message_id)
 
 
 def _same(a: Counter[Result], b: Counter[Result]) -> bool:
@@ -424,10 +447,14 @@ class JourneyEngine:
                 for i in reversed(held):
                     state.weight -= self._weight(history[i])
                     del history[i]
+                state.tail = None
             seen.add(mid)
             if tp.bits < 0:
                 tp = replace(tp, bits=self.signature(tp))
-            bisect.insort(history, tp, key=lambda x: x.order)
+            at = bisect.bisect_right(history, tp.order, key=_order)
+            history.insert(at, tp)
+            if at < state.scanned:  # behind the last scan: scan again from the checkpoint
+                state.tail = None
             state.weight += self._weight(tp)
             added += 1
             if len(history) > self.max_live_touchpoints or state.weight > self.max_state_bytes:
@@ -488,6 +515,13 @@ class JourneyEngine:
             del history[:k]
             self.counts["folded"] += k
             state.weight = -1
+            # The scan of what stays live goes on as it was when it reached past the cut (time
+            # passing to the cut then to the next touchpoint is the same as going to it at
+            # once); otherwise it starts again from the new checkpoint.
+            if state.tail is not None and state.scanned > k:
+                state.scanned -= k
+            else:
+                state.tail = None
         state.cutoff = cut
         forget = cut - self.lateness_ms
         if state.recent and min(state.recent.values()) < forget:
@@ -506,6 +540,7 @@ class JourneyEngine:
             state.seen -= gone
             state.history = [tp for tp in state.history if tp.message_id not in gone]
             state.weight = -1
+            state.tail = None
         return len(gone)
 
     def _start(self, state: CustomerState, j: int) -> Cursor | None:
@@ -531,21 +566,76 @@ class JourneyEngine:
         fold what no late data can reach any more (its results are final and leave the state).
 
         Also sets ``state.deadline``: when a timer must settle this customer again.
+
+        The scan of the live history goes on from where the last settle left it when only
+        touchpoints after it came (the usual case); anything else scans it again from the
+        checkpoint. Either way the results are those of the whole live history: a scan never
+        looks ahead, so the results of a prefix do not depend on what follows it.
         """
-        new = self.results(state, now)
-        owed = state.unsettled
-        changes: list[Change] = []
-        if owed or not _same(new, state.emitted):
-            full = new + owed if owed else new
-            changes = [(-1, r) for r in (state.emitted - full).elements()]
-            changes += [(+1, r) for r in (full - state.emitted).elements()]
-            state.emitted = new  # what an early fold found is final: it leaves the state at once
-            state.unsettled = Counter()
-            if changes:
-                state.version += 1
+        name = state.customer
+        tail = state.tail
+        again = tail is None or bool(state.unsettled)
+        if tail is None or again:
+            tail = state.tail = [c.copy() for c in state.cursors or [Cursor() for _ in self._rules]]
+            state.scanned = 0
+        scanned: list[Result] = []
+        tps = state.history[state.scanned :] if state.scanned else state.history
+        if tps:
+            for rules, cur in zip(self._rules, tail, strict=True):
+                scan(rules, name, cur, tps, scanned)
+        state.scanned = len(state.history)
+        clocked: list[Result] = []
+        due: int | None = None
+        for rules, cur in zip(self._rules, tail, strict=True):
+            deadline = clock(rules, name, cur, now, clocked)
+            if deadline is not None and (due is None or deadline < due):
+                due = deadline
+        state.deadline = due
+        if again:
+            changes = self._replace(state, Counter(scanned + clocked))
+        elif scanned or clocked != state.clocked:
+            changes = self._update(state, Counter(scanned + clocked), Counter(state.clocked))
+        else:
+            changes = []
+        state.clocked = clocked
         final = self._fold(state, self.cut(now))
         if final:
             state.emitted -= Counter(final)
+        return changes
+
+    def _replace(self, state: CustomerState, new: Counter[Result]) -> list[Change]:
+        """``new`` are all live results: the changes from ``emitted`` (and the results an early
+        fold found, owed since) to them."""
+        owed = state.unsettled
+        if not owed and _same(new, state.emitted):
+            return []
+        full = new + owed if owed else new
+        changes: list[Change] = [(-1, r) for r in (state.emitted - full).elements()]
+        changes += [(+1, r) for r in (full - state.emitted).elements()]
+        state.emitted = new  # what an early fold found is final: it leaves the state at once
+        state.unsettled = Counter()
+        if changes:
+            state.version += 1
+        return changes
+
+    def _update(
+        self, state: CustomerState, added: Counter[Result], old: Counter[Result]
+    ) -> list[Change]:
+        """The clock's results ``old`` give way to ``added`` (the new touchpoints' results and
+        the clock's now); the rest of ``emitted`` stands."""
+        gone, new = old - added, added - old
+        changes: list[Change] = [(-1, r) for r in gone.elements()]
+        changes += [(+1, r) for r in new.elements()]
+        if changes:
+            emitted = state.emitted
+            for r, n in gone.items():
+                left = emitted[r] - n
+                if left > 0:
+                    emitted[r] = left
+                else:
+                    del emitted[r]
+            emitted.update(new)
+            state.version += 1
         return changes
 
     def fold_all(self, state: CustomerState, now: int) -> list[Change]:
@@ -563,6 +653,7 @@ class JourneyEngine:
         results already folded out of the state stay where they are."""
         changes: list[Change] = [(-1, r) for r in state.emitted.elements()]
         state.emitted = Counter()
+        state.tail = None
         if changes:
             state.version += 1
         return changes
@@ -586,6 +677,7 @@ class JourneyEngine:
             self.counts["pasts_dropped"] += 1
             return False
         owner.cursors = [c.copy() for c in past.cursors]
+        owner.tail = None
         owner.cutoff = min(owner.cutoff, past.cutoff)  # the owner folded nothing: it may go back
         owner.unsettled.update(self._fold(owner, past.cutoff))
         return True
