@@ -136,6 +136,7 @@ class JourneyAgents:
         # merges, goes through faust's own table writes.
         self.states = DirectTable(self.customers, n)
         self.device_entries = DirectTable(self.devices, n)
+        self.owner_entries = DirectTable(self.owners, n)  # read only: one read per lookup
         self.writer = Writer(
             app,
             results=self.sink,
@@ -444,7 +445,12 @@ class JourneyAgents:
         return partition in self.active
 
     def _owner_of(self, key: str) -> str | None:
-        owner = self.owners.get(key.encode())
+        """Who ``key`` belongs to, if an alias gave it to another customer. Looked up for
+        every sender of every batch: read straight from its partition's store (faust's own
+        lookup of a key it has not indexed tries every partition)."""
+        owner = self.owner_entries.get(key.encode())
+        if isinstance(owner, bytes):  # as stored: faust's JSON
+            owner = orjson.loads(owner)
         return str(owner) if owner else None
 
     async def _commit(self) -> asyncio.Future[None]:

@@ -321,6 +321,31 @@ def test_results_that_a_late_login_moves_away_and_back_count_again(
     wait_until(lambda: held() == browsed(u1), timeout=30, what="the journey back under user 1")
 
 
+def test_an_alias_merges_a_customer_and_the_old_id_keeps_leading_to_the_new_one(
+    collector: Process, start_worker: Any, unique: str
+) -> None:
+    """A user id renamed by an alias: its journey goes on under the new id, and touchpoints
+    still sent under the old id after the alias join it there (the worker looks the old id's
+    owner up in its store for every sender)."""
+    worker = start_worker()
+    old, new = f"{unique}-old", f"{unique}-new"
+    t0 = int(time.time() * 1000) - 60_000
+
+    def held() -> list[tuple[str, str, str]]:
+        return sorted((r["customer"], r["kind"], r["stage"]) for r in results(worker, unique))
+
+    send(collector, msg("a1", t0, "Product Viewed", userId=old),
+         msg("a2", t0 + 1000, "Product Added", userId=old))  # fmt: skip
+    wait_until(lambda: held() == [(old, "stage", "browse"), (old, "stage", "cart")],
+               timeout=30, what="the journey under the old id")  # fmt: skip
+    send(collector, msg("a3", t0 + 2000, type="alias", previousId=old, userId=new))
+    wait_until(lambda: held() == [(new, "stage", "browse"), (new, "stage", "cart")],
+               timeout=30, what="the journey under the new id")  # fmt: skip
+    send(collector, msg("a4", t0 + 3000, "Checkout Started", userId=old))
+    expected = [(new, "stage", "browse"), (new, "stage", "cart"), (new, "stage", "checkout")]
+    wait_until(lambda: held() == expected, timeout=30, what="the old id's checkout, under the new")
+
+
 def test_device_logins_survive_a_worker_restart(
     collector: Process, start_worker: Any, unique: str
 ) -> None:
