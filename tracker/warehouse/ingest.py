@@ -22,8 +22,7 @@ from typing import Any
 import orjson
 
 # Each ``touchpoints`` column and the record field it comes from; times are epoch ms in the
-# records (their names are the ones ``touchpoint_row`` maps the same way). The collector writes
-# every one of these fields (``tracker.core.touchpoint.to_record``).
+# records. The collector writes every one of these fields (``tracker.core.touchpoint.to_record``).
 COLUMN_SOURCES = {
     "message_id": "message_id", "type": "type", "event": "event",
     "anonymous_id": "anonymous_id", "user_id": "user_id", "previous_id": "previous_id",
@@ -96,16 +95,13 @@ class TouchpointBlock:
                if _REQUIRED <= r.keys() and type(r["properties"]) is dict
                and type(r["traits"]) is dict and type(r["context"]) is dict]  # fmt: skip
         if len(ids) != len(records):
-            raise ValueError(
-                "a record lacks a field of touchpoints or has properties, traits or context that "
-                f"are not JSON objects; fields: {', '.join(COLUMN_SOURCES.values())}"
-            )
+            raise ValueError(next(_refusal(r) for r in records if _refusal(r)))
         index = len(self._messages)
         self._messages.append((partition, offset, records))
         self._last.update(zip(ids, repeat(index)))
         self.records += len(records)
 
-    def encode(self, table: str = "touchpoints_ingest") -> Encoded:
+    def encode(self) -> Encoded:
         duplicates = len(self._last) != self.records
         lines = []
         for index, (partition, offset, records) in enumerate(self._messages):
@@ -113,7 +109,7 @@ class TouchpointBlock:
                 records = self._last_copies(index, records)
             lines.append(b'{"kafka_partition":%d,"kafka_offset":%d,"records":%s}\n'
                          % (partition, offset, orjson.dumps(records)))  # fmt: skip
-        return Encoded(table, b"".join(lines), len(self._last))
+        return Encoded("touchpoints_ingest", b"".join(lines), len(self._last))
 
     def _last_copies(self, index: int, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Of ``records``, those that are the last copy of their message id in the batch."""
@@ -123,3 +119,14 @@ class TouchpointBlock:
                 kept.pop(r["message_id"], None)  # a later copy in this same message wins
                 kept[r["message_id"]] = r
         return list(kept.values())
+
+
+def _refusal(record: dict[str, Any]) -> str:
+    """Why ``record`` cannot be a touchpoints row, or "" if it can."""
+    missing = sorted(_REQUIRED - record.keys())
+    if missing:
+        return f"record {record.get('message_id')!r} lacks {', '.join(missing)}"
+    for name in ("properties", "traits", "context"):
+        if type(record[name]) is not dict:
+            return f"record {record['message_id']!r}: {name} is not a JSON object"
+    return ""
