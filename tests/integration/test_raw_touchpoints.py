@@ -141,6 +141,12 @@ async def test_encoded_insert_stores_the_rows_a_python_row_stores(
     assert '"big":18446744073709551615,"neg":-9223372036854775808' in numbers
     assert orjson.loads(numbers) == TRICKY[2]["properties"]
     assert encoded[4][9:13] == (1_764_000_000_030, 1_764_000_000_000, 0, 1_764_000_000_080)
+    # The views over touchpoints see the rows the ingest view writes, as they saw inserted ones.
+    links = "SELECT from_id, user_id, via FROM {db}.identity_links FINAL"
+    old, new = engine
+    linked = new.query(links.format(db="encoded")).rows
+    assert linked == old.query(links.format(db="by_row")).rows
+    assert [(f, u) for f, u, _ in linked] == [("anon-1", "user-9")]  # one row per id pair
 
 
 async def test_the_last_copy_of_a_message_id_in_a_batch_is_the_row_kept(
