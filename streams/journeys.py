@@ -60,7 +60,8 @@ from tracker.core.journeys.customers import (
 from tracker.core.journeys.engine import JourneyEngine, Touchpoint
 from tracker.metrics import Metrics
 from tracker.settings import Settings
-from tracker.warehouse.sink import CHANGE_COLUMNS, ResultRows, TableSink, touchpoint_row
+from tracker.warehouse.ingest import TouchpointBlock
+from tracker.warehouse.sink import CHANGE_COLUMNS, ResultRows, TableSink
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class JourneyAgents:
         now = now_ms()
         # One row per messageId: of a message's copies in a batch the last one (the table keeps
         # the copy inserted last; within one insert that choice is not ClickHouse's to make).
-        rows: dict[str, list[Any]] = {}
+        rows = TouchpointBlock()
         consumed = 0
         by_sender: list[tuple[str, list[Touchpoint]]] = []  # touchpoints with a userId
         by_device: dict[str, list[Touchpoint]] = {}  # anonymous touchpoints
@@ -246,8 +247,7 @@ class JourneyAgents:
                      str(r.get("anonymous_id") or ""))
                     for r in records
                 ]  # fmt: skip
-                own = [(r["message_id"], touchpoint_row(r, message.partition, message.offset))
-                       for r in records]  # fmt: skip
+                rows.add(records, message.partition, message.offset)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.metrics.undecodable.inc()
                 log.warning(
@@ -255,10 +255,7 @@ class JourneyAgents:
                     message.partition, message.offset, exc,
                 )  # fmt: skip
                 continue
-            for message_id, row in own:
-                rows.pop(message_id, None)  # in the dict's order too, the last copy's place
-                rows[message_id] = row
-            consumed += len(own)
+            consumed += len(records)
             # A message holds many customers (the collector groups records by partition): split
             # it by the record's key, userId else anonymousId, in the order they came.
             senders: dict[str, list[Touchpoint]] = {}
@@ -279,7 +276,7 @@ class JourneyAgents:
         # The raw rows are written while the journeys are worked out: the insert runs in a
         # thread. The batch is acknowledged only after both, so a crash in between loses nothing
         # (raw rows collapse by message id, and the journeys ignore copies they already hold).
-        raw = asyncio.ensure_future(self.touchpoint_sink.write(list(rows.values())))
+        raw = asyncio.ensure_future(self.touchpoint_sink.write(rows.encode()))
         try:
             async with self.lock:
                 # Ownership is looked up under the lock: an ownership notice handled between the

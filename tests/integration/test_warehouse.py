@@ -353,21 +353,21 @@ def test_migrations_apply_once_follow_the_ttl_settings_and_backfill_links(tmp_pa
                    kafka_offset=7, properties='{"a":1}')  # fmt: skip
         wh.insert("touchpoints", [list(row.values())], list(row))
 
-        assert migrate(wh) == len(migrations(Layout("tracker"))) == 7
+        assert migrate(wh) == len(migrations(Layout("tracker"))) == 8
         moved = wh.query(
             "SELECT message_id, toUnixTimestamp64Milli(timestamp), "
             "toUnixTimestamp64Milli(original_timestamp), properties, kafka_offset "
             "FROM tracker.touchpoints"
         ).rows
         assert moved == [("m1", corrected, device, '{"a":1}', 7)]
-        assert migrate(wh, Layout("tracker", ttl_days=30, aggregate_ttl_days=400)) == 7
+        assert migrate(wh, Layout("tracker", ttl_days=30, aggregate_ttl_days=400)) == 8
         tables = dict(wh.query("SELECT name, create_table_query FROM system.tables "
                                "WHERE database = 'tracker'").rows)  # fmt: skip
         assert "TTL toDateTime(original_timestamp) + toIntervalDay(30)" in tables["touchpoints"]
         assert "TTL hour + toIntervalDay(400)" in tables["journey_funnel"]
         assert "touchpoints_reshaped" not in tables
         applied = wh.query("SELECT version FROM tracker.schema_migrations ORDER BY version")
-        assert [v for (v,) in applied.rows] == [1, 2, 3, 4, 5, 6, 7]
+        assert [v for (v,) in applied.rows] == [1, 2, 3, 4, 5, 6, 7, 8]
         migrate(wh)  # back to keeping everything
         tables = dict(wh.query("SELECT name, create_table_query FROM system.tables "
                                "WHERE database = 'tracker'").rows)  # fmt: skip

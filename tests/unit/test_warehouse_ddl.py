@@ -70,8 +70,14 @@ def test_cluster_mode_is_replicated_local_tables_behind_distributed_ones() -> No
     # Every copy of a result lands on one shard, where FINAL collapses it.
     assert any("journey_result_changes_local, cityHash64(customer))" in s for s in ddl)
     views = [s for s in ddl if "MATERIALIZED VIEW" in s]
-    assert len(views) == 3  # the identity links' one made again by migration 7
+    assert len(views) == 4  # the identity links' one made again by migration 7
+    # Raw records go in on any node and out through the Distributed table, sharded by message id.
+    (ingest,) = [s for s in views if "touchpoints_ingest_mv" in s]
+    assert " TO analytics.touchpoints AS" in ingest
+    assert "FROM analytics.touchpoints_ingest ARRAY JOIN" in ingest
     for mv in views:
+        if mv is ingest:
+            continue
         target = re.search(r" TO (\S+) AS", mv)
         source = re.search(r"FROM (\S+)", mv)
         assert target and source and target.group(1).endswith("_local"), mv

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,15 @@ class Warehouse:
         with self._lock, _translated():
             self._writer_client().insert(self.table(table), rows, column_names=list(columns))
 
+    def raw_insert(
+        self, table: str, body: bytes, fmt: str, settings: Mapping[str, Any] | None = None
+    ) -> None:
+        """Insert ``body``, rows already encoded in ClickHouse's format ``fmt``."""
+        with self._lock, _translated():
+            self._writer_client().raw_insert(
+                self.table(table), insert_block=body, fmt=fmt, settings=dict(settings or {})
+            )
+
     def query(self, sql: str) -> QueryResult:
         """A read-only query that sees deduplicated tables; writes are refused."""
         with self._lock, _translated():
@@ -108,6 +117,11 @@ class Warehouse:
         self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
     ) -> None:
         await asyncio.to_thread(self.insert, table, rows, columns)
+
+    async def araw_insert(
+        self, table: str, body: bytes, fmt: str, settings: Mapping[str, Any] | None = None
+    ) -> None:
+        await asyncio.to_thread(self.raw_insert, table, body, fmt, settings)
 
     async def aquery(self, sql: str) -> QueryResult:
         return await asyncio.to_thread(self.query, sql)

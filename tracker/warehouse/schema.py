@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from tracker.settings import Settings
 from tracker.warehouse.client import Warehouse
+from tracker.warehouse.ingest import ingest_ddl
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +371,7 @@ def migrations(layout: Layout) -> list[tuple[int, str, list[Step]]]:
             ],
         ),
         (7, "touchpoint_times_as_segment_names_them", _touchpoint_times(layout)),
+        (8, "touchpoints_ingest", ingest_ddl(db, layout.on_cluster)),
     ]
 
 

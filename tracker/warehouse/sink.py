@@ -14,48 +14,23 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
 from tracker.core.journeys.codec import kind_of
 from tracker.core.journeys.results import DropOff, Recovery, Result, StageEntered
 from tracker.errors import WarehouseError
 from tracker.metrics import Metrics
 from tracker.warehouse.client import Warehouse
+from tracker.warehouse.ingest import Encoded
 
 log = logging.getLogger(__name__)
 
-# Times are written as epoch milliseconds: a DateTime64(3) column takes its ticks as integers,
-# which spares building a datetime per value on the way in. A record's ``event_time_ms`` (the
-# corrected time) is the row's ``timestamp``, its ``timestamp_ms`` (the device's) the row's
-# ``original_timestamp``: the records keep their names, so records already in Kafka still fit.
+# The columns of a raw touchpoint, which the worker writes from its records as they are: a
+# record's ``event_time_ms`` (the corrected time) is the row's ``timestamp``, its ``timestamp_ms``
+# (the device's) the row's ``original_timestamp`` (``tracker.warehouse.ingest``).
 TOUCHPOINT_COLUMNS = (
     "message_id", "type", "event", "anonymous_id", "user_id", "previous_id", "group_id",
     "channel", "source", "timestamp", "original_timestamp", "sent_at", "received_at",
     "properties", "traits", "context", "kafka_partition", "kafka_offset",
 )  # fmt: skip
-
-
-def touchpoint_row(record: dict[str, Any], partition: int, offset: int) -> list[Any]:
-    return [
-        record["message_id"],
-        record["type"],
-        record["event"],
-        record["anonymous_id"],
-        record["user_id"],
-        record["previous_id"],
-        record["group_id"],
-        record["channel"],
-        record["source"],
-        record["event_time_ms"],
-        record["timestamp_ms"],
-        record["sent_at_ms"],
-        record["received_at_ms"],
-        orjson.dumps(record["properties"]).decode(),
-        orjson.dumps(record["traits"]).decode(),
-        orjson.dumps(record["context"]).decode(),
-        partition,
-        offset,
-    ]
 
 
 RESULT_COLUMNS = (
@@ -160,30 +135,35 @@ class TableSink:
             retry_max_seconds=self.retry_max_seconds,
         )  # fmt: skip
 
-    async def write(self, rows: list[list[Any]]) -> None:
-        """Write ``rows``; on failure retry with capped exponential backoff until it succeeds."""
-        if not rows:
+    async def write(self, rows: list[list[Any]] | Encoded) -> None:
+        """Write ``rows`` (or rows already encoded for this table); on failure retry with capped
+        exponential backoff until it succeeds."""
+        count = rows.rows if isinstance(rows, Encoded) else len(rows)
+        if not count:
             return
-        self.metrics.sink_pending_rows.set(len(rows))
+        self.metrics.sink_pending_rows.set(count)
         delay = 0.1
         attempt = 0
         while True:
             attempt += 1
             began = time.perf_counter()
             try:
-                await self.warehouse.ainsert(self.table, rows, self.columns)
+                if isinstance(rows, Encoded):
+                    await self.warehouse.araw_insert(rows.table, rows.body, rows.fmt, rows.settings)
+                else:
+                    await self.warehouse.ainsert(self.table, rows, self.columns)
             except WarehouseError as exc:
                 self.metrics.sink_errors.labels(self.table).inc()
                 log.warning(
                     "event=sink_write_failed table=%s rows=%d attempt=%d retriable=%s "
                     "retry_in=%.1f error=%s",
-                    self.table, len(rows), attempt, exc.retriable, delay, exc,
+                    self.table, count, attempt, exc.retriable, delay, exc,
                 )  # fmt: skip
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, self.retry_max_seconds)
                 continue
             self.metrics.sink_seconds.labels(self.table).observe(time.perf_counter() - began)
-            self.metrics.sink_rows.labels(self.table).inc(len(rows))
+            self.metrics.sink_rows.labels(self.table).inc(count)
             self.metrics.sink_batches.labels(self.table).inc()
             self.metrics.sink_pending_rows.set(0)
             return
