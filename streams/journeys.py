@@ -238,15 +238,14 @@ class JourneyAgents:
         by_device: dict[str, list[Touchpoint]] = {}  # anonymous touchpoints
         links: list[Link] = []
         late = 0
+        oldest = now - self.engine.lateness_ms  # older is late (JourneyEngine.is_late)
+        signature = self.engine.signature
         for event in events:
             message = event.message
             try:
                 records = decode_records(message.value)
-                decoded = [
-                    (Touchpoint.from_record(r), links_of(r), str(r.get("user_id") or ""),
-                     str(r.get("anonymous_id") or ""))
-                    for r in records
-                ]  # fmt: skip
+                decoded = [(Touchpoint.from_record(r), str(r.get("user_id") or ""),
+                            str(r.get("anonymous_id") or ""), r) for r in records]  # fmt: skip
                 rows.add(records, message.partition, message.offset)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.metrics.undecodable.inc()
@@ -259,12 +258,13 @@ class JourneyAgents:
             # A message holds many customers (the collector groups records by partition): split
             # it by the record's key, userId else anonymousId, in the order they came.
             senders: dict[str, list[Touchpoint]] = {}
-            for tp, tp_links, user, anon in decoded:
-                links += tp_links
-                if self.engine.is_late(tp, now):
+            for tp, user, anon, record in decoded:
+                if user:  # only a record with a userId links ids
+                    links += links_of(record)
+                if tp.t < oldest:
                     late += 1
                     continue
-                tp.bits = self.engine.signature(tp)  # before it is stored or forwarded
+                tp.bits = signature(tp)  # before it is stored or forwarded
                 if user or not anon:
                     senders.setdefault(user or anon, []).append(tp)
                 else:

@@ -82,8 +82,11 @@ class StateCache(OrderedDict[str, CustomerState]):
         return state
 
     def __setitem__(self, key: str, state: CustomerState) -> None:
-        super().__setitem__(key, state)
-        self.move_to_end(key)
+        if key in self:
+            self.move_to_end(key)
+            super().__setitem__(key, state)
+            return
+        super().__setitem__(key, state)  # a new key goes last
         if len(self) > self.size:
             self.popitem(last=False)
 

@@ -381,7 +381,7 @@ class JourneyEngine:
         self._rules = [_Rules(j, b) for j, b in zip(self.journeys, self.bases, strict=True)]
         self._property_rules = [i for i, r in enumerate(self.rules) if r.uses_properties]
         self._name_rules = [i for i, r in enumerate(self.rules) if not r.uses_properties]
-        self._by_name: dict[tuple[str, str, str], int] = {}
+        self._by_name: dict[tuple[str, str, str], tuple[int, list[tuple[int, Any]]]] = {}
         self._stage_masks = [
             ((1 << len(j.stages)) - 1) << b for j, b in zip(self.journeys, self.bases, strict=True)
         ]
@@ -392,20 +392,24 @@ class JourneyEngine:
         self.counts: Counter[str] = Counter()
 
     def signature(self, tp: Touchpoint) -> int:
-        """The bits of every rule ``tp`` matches. Rules that look at nothing but the type, event
-        name and channel are matched once per such triple (``SIGNATURES_CACHED`` of them)."""
+        """The bits of every rule ``tp`` matches. What the type, event name and channel decide
+        is worked out once per such triple (``SIGNATURES_CACHED`` of them): the bits of rules
+        that look at nothing else, and which rules on paths or properties may match."""
         key = (tp.type, tp.event, tp.channel)
-        bits = self._by_name.get(key)
-        if bits is None:
+        known = self._by_name.get(key)
+        if known is None:
             bits = 0
             for i in self._name_rules:
                 if self.rules[i].matches(tp):
                     bits |= 1 << i
+            maybe = [(i, self.rules[i]) for i in self._property_rules
+                     if self.rules[i].may_match(tp)]  # fmt: skip
             if len(self._by_name) >= SIGNATURES_CACHED:
                 self._by_name.clear()
-            self._by_name[key] = bits
-        for i in self._property_rules:
-            if self.rules[i].matches(tp):
+            known = self._by_name[key] = (bits, maybe)
+        bits, maybe = known
+        for i, rule in maybe:
+            if rule.matches(tp):
                 bits |= 1 << i
         return bits
 

@@ -80,6 +80,17 @@ class Match:
         them): else it depends on the type, event name and channel alone."""
         return bool(self.where or self.path is not None or any(m.uses_properties for m in self.any))
 
+    def may_match(self, tp: Any) -> bool:
+        """Whether ``tp``'s type, event name and channel allow a match (its path and
+        properties not looked at): a match that does not may be skipped."""
+        if self.type is not None and tp.type != self.type:
+            return False
+        if self._event_re is not None and not self._event_re.match(tp.event):
+            return False
+        if self.channels and tp.channel not in self.channels:
+            return False
+        return not self.any or any(m.may_match(tp) for m in self.any)
+
     def matches(self, tp: Any) -> bool:
         """``tp`` is a :class:`~tracker.core.journeys.engine.Touchpoint`."""
         if self.type is not None and tp.type != self.type:
