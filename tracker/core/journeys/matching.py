@@ -83,21 +83,18 @@ class Match:
     def may_match(self, tp: Any) -> bool:
         """Whether ``tp``'s type, event name and channel allow a match (its path and
         properties not looked at): a match that does not may be skipped."""
+        return self._names_match(tp) and (not self.any or any(m.may_match(tp) for m in self.any))
+
+    def _names_match(self, tp: Any) -> bool:
         if self.type is not None and tp.type != self.type:
             return False
         if self._event_re is not None and not self._event_re.match(tp.event):
             return False
-        if self.channels and tp.channel not in self.channels:
-            return False
-        return not self.any or any(m.may_match(tp) for m in self.any)
+        return not self.channels or tp.channel in self.channels
 
     def matches(self, tp: Any) -> bool:
         """``tp`` is a :class:`~tracker.core.journeys.engine.Touchpoint`."""
-        if self.type is not None and tp.type != self.type:
-            return False
-        if self._event_re is not None and not self._event_re.match(tp.event):
-            return False
-        if self.channels and tp.channel not in self.channels:
+        if not self._names_match(tp):
             return False
         if self._path_re is not None and not self._path_re.match(tp.path):
             return False
