@@ -15,6 +15,11 @@ safe either: faust does not always deliver them again. Processing without acknow
 nothing: re-delivered events are written again, and the handlers are idempotent (warehouse rows
 collapse, journey state ignores messageIds it has seen).
 
+A handler may return an awaitable for the part of its work that only waits (its writes): the
+next batch is then handled while that one is written, and a batch is acknowledged once its
+awaitable is done, in order. At most ``IN_FLIGHT`` handled batches wait so; a failure of one
+is raised in the agent, which stops the worker (nothing after it is acknowledged).
+
 (faust's ``take``/``noack_take`` buffers were not used: on a rebalance they could be left waiting
 on a future that nothing resolves, and the stream stalled.)
 """
@@ -23,12 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-Handler = Callable[[list[Any]], Awaitable[None]]
+# The handler's awaitable, if any, is what is left to wait for before the batch is acknowledged.
+Handler = Callable[[list[Any]], Awaitable[Awaitable[None] | None]]
 
 MAX_BYTES = 8 * 1024 * 1024  # of message values buffered
+IN_FLIGHT = 2  # handled batches whose writes are awaited while the next one is handled
 
 
 class Batcher:
@@ -45,6 +53,8 @@ class Batcher:
         self._since = 0.0
         self._flushing = asyncio.Lock()
         self._generation = 0
+        # Handled batches not acknowledged yet, oldest first: (what to await, their events).
+        self._in_flight: deque[tuple[asyncio.Future[None], list[tuple[int, Any]]]] = deque()
 
     async def consume(self, stream: Any) -> None:
         """The agent's body."""
@@ -58,21 +68,45 @@ class Batcher:
                 await self.flush()
 
     async def tick(self) -> None:
-        """Called from a timer: flush what has waited long enough."""
+        """Called from a timer: flush what has waited long enough; acknowledge what is written."""
         if self._buffer and time.monotonic() - self._since >= self.max_seconds:
             await self.flush()
+        async with self._flushing:
+            await self._ack_written(IN_FLIGHT, wait=False)
 
     def revoke(self) -> None:
         """A rebalance: nothing received so far will be acknowledged."""
         self._generation += 1
 
     async def flush(self) -> None:
+        """Handle what is buffered; then wait until at most ``IN_FLIGHT`` batches are unwritten."""
         async with self._flushing:
             batch, self._buffer, self._bytes = self._buffer, [], 0
-            if not batch:
-                return
-            await self.handler([event for _, event in batch])
-            current = self._generation  # read after the handler: it may have spanned a rebalance
+            if batch:
+                left = await self.handler([event for _, event in batch])
+                done = asyncio.ensure_future(left if left is not None else _nothing())
+                self._in_flight.append((done, batch))
+            await self._ack_written(IN_FLIGHT)
+
+    async def drain(self) -> None:
+        """Handle what is buffered and wait until every batch is written and acknowledged."""
+        await self.flush()
+        async with self._flushing:
+            await self._ack_written(0)
+
+    async def _ack_written(self, most: int, *, wait: bool = True) -> None:
+        """Acknowledge written batches in order; with ``wait``, wait for the oldest until at most
+        ``most`` are left. Events from before a rebalance are not acknowledged (see above)."""
+        queue = self._in_flight
+        while queue and (queue[0][0].done() or (wait and len(queue) > most)):
+            done, batch = queue[0]
+            await done  # raises the failure of the batch's writes
+            queue.popleft()
+            current = self._generation  # read now: a rebalance may have come since
             for generation, event in batch:
                 if generation == current:
                     await self._stream.ack(event)
+
+
+async def _nothing() -> None:
+    return None

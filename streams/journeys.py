@@ -39,6 +39,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -166,6 +167,9 @@ class JourneyAgents:
         # (id, userId) -> the newest link of that pair sent from here: a repeat that is not newer
         # cannot change a customer key (the key follows the newest link), so it is not sent.
         self._sent_links: OrderedDict[tuple[str, str], tuple[Any, Any]] = OrderedDict()
+        # Set once the links of the latest touchpoint batch are sent: each batch's go after.
+        self._links_sent = asyncio.Event()
+        self._links_sent.set()
         self._install()
 
     def source_topics(self) -> list[str]:
@@ -227,7 +231,7 @@ class JourneyAgents:
 
     # -- touchpoints as they come from the collector ---------------------------------------------
 
-    async def on_touchpoints(self, events: list[Any]) -> None:
+    async def on_touchpoints(self, events: list[Any]) -> Awaitable[None]:
         """Raw rows to the warehouse; each touchpoint to its customer's journeys."""
         now = now_ms()
         # One row per messageId: of a message's copies in a batch the last one (the table keeps
@@ -283,8 +287,27 @@ class JourneyAgents:
                 # lookup and the update would otherwise leave these touchpoints with the old owner.
                 self.core.touchpoints(by_sender, by_device, now)
                 written = await self._commit()
+        except BaseException:
+            await raw
+            raise
+        # The rest only waits on writes: the next batch is handled meanwhile (streams/batching.py).
+        previous, self._links_sent = self._links_sent, asyncio.Event()
+        return self._finish(written, raw, links, previous, self._links_sent)
+
+    async def _finish(
+        self,
+        written: asyncio.Future[None],
+        raw: asyncio.Future[None],
+        links: list[Link],
+        previous: asyncio.Event,
+        sent: asyncio.Event,
+    ) -> None:
+        """A touchpoint batch's writes, then its links, sent after the batch before sent its."""
+        try:
             await written
+            await previous.wait()
             await self._send_links(links)
+            sent.set()
         finally:
             await raw
 
@@ -320,14 +343,13 @@ class JourneyAgents:
 
     # -- forwarded touchpoints and ownership notices --------------------------------------------
 
-    async def on_journey_input(self, events: list[Any]) -> None:
+    async def on_journey_input(self, events: list[Any]) -> Awaitable[None]:
         await self._changelog_metadata()  # ownership notices write the owners table
         now = now_ms()
         messages = [(e.message.key.decode(), orjson.loads(e.message.value)) for e in events]
         async with self.lock:
             self.core.journey_input(messages, now)
-            written = await self._commit()
-        await written
+            return await self._commit()  # acknowledged once written (streams/batching.py)
 
     # -- the identity graph ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The worker's Batcher hands over a batch at its message bound or at its byte bound."""
+"""The worker's Batcher hands over a batch at its message bound or at its byte bound, and
+acknowledges a batch only once its writes are done, in order."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ async def _batches(values: list[bytes], **bounds: Any) -> tuple[list[list[int]],
     stream = _Stream(values)
     batcher = Batcher(handler, max_seconds=60, **bounds)
     await asyncio.wait_for(batcher.consume(stream), timeout=5)
-    await batcher.flush()
+    await batcher.drain()
     return sizes, stream.acked
 
 
@@ -66,3 +67,72 @@ async def test_events_from_before_a_rebalance_are_handled_but_not_acknowledged()
 
 async def _record(handled: list[int], events: list[Any]) -> None:
     handled += [e.message.offset for e in events]
+
+
+async def test_a_batch_is_acknowledged_once_its_writes_are_done_and_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    writes: list[asyncio.Future[None]] = []
+
+    async def handler(events: list[Any]) -> asyncio.Future[None]:
+        writes.append(loop.create_future())
+        return writes[-1]
+
+    stream = _Stream([b"a", b"b"])
+    batcher = Batcher(handler, max_events=1, max_seconds=60)
+    await asyncio.wait_for(batcher.consume(stream), timeout=5)
+    assert len(writes) == 2  # the second batch was handled while the first was written
+    await batcher.tick()
+    assert stream.acked == []
+    writes[1].set_result(None)  # the second is written first: it waits for the first
+    await batcher.tick()
+    assert stream.acked == []
+    writes[0].set_result(None)
+    await batcher.tick()
+    assert stream.acked == [0, 1]
+
+
+async def test_at_most_two_batches_wait_for_their_writes() -> None:
+    loop = asyncio.get_running_loop()
+    writes: list[asyncio.Future[None]] = []
+    third = asyncio.Event()
+
+    async def handler(events: list[Any]) -> asyncio.Future[None]:
+        writes.append(loop.create_future())
+        if len(writes) == 3:
+            third.set()
+        return writes[-1]
+
+    stream = _Stream([b"a", b"b", b"c"])
+    batcher = Batcher(handler, max_events=1, max_seconds=60)
+    consuming = asyncio.ensure_future(batcher.consume(stream))
+    await asyncio.wait_for(third.wait(), timeout=5)
+    assert not consuming.done()  # the third batch waits for the first one's writes
+    writes[0].set_result(None)
+    await asyncio.wait_for(consuming, timeout=5)
+    assert stream.acked == [0]
+    for write in writes[1:]:
+        write.set_result(None)
+    await batcher.drain()
+    assert stream.acked == [0, 1, 2]
+
+
+async def test_a_failed_write_is_raised_and_nothing_after_it_is_acknowledged() -> None:
+    loop = asyncio.get_running_loop()
+    writes: list[asyncio.Future[None]] = []
+
+    async def handler(events: list[Any]) -> asyncio.Future[None]:
+        writes.append(loop.create_future())
+        return writes[-1]
+
+    stream = _Stream([b"a", b"b"])
+    batcher = Batcher(handler, max_events=1, max_seconds=60)
+    await asyncio.wait_for(batcher.consume(stream), timeout=5)
+    writes[1].set_result(None)
+    writes[0].set_exception(RuntimeError("the warehouse is gone"))
+    try:
+        await batcher.drain()
+    except RuntimeError as exc:
+        assert str(exc) == "the warehouse is gone"
+    else:
+        raise AssertionError("the failed write was not raised")
+    assert stream.acked == []
