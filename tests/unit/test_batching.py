@@ -69,66 +69,62 @@ async def _record(handled: list[int], events: list[Any]) -> None:
     handled += [e.message.offset for e in events]
 
 
+class _Writes:
+    """A handler whose batches are written when the test says so: one future per batch."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[None]] = []
+        self.handled = asyncio.Event()  # set at each batch handled
+
+    async def handler(self, events: list[Any]) -> asyncio.Future[None]:
+        self.futures.append(asyncio.get_running_loop().create_future())
+        self.handled.set()
+        return self.futures[-1]
+
+    async def consumed(self, values: list[bytes]) -> tuple[Batcher, _Stream]:
+        stream = _Stream(values)
+        batcher = Batcher(self.handler, max_events=1, max_seconds=60)
+        await asyncio.wait_for(batcher.consume(stream), timeout=5)
+        return batcher, stream
+
+
 async def test_a_batch_is_acknowledged_once_its_writes_are_done_and_in_order() -> None:
-    loop = asyncio.get_running_loop()
-    writes: list[asyncio.Future[None]] = []
-
-    async def handler(events: list[Any]) -> asyncio.Future[None]:
-        writes.append(loop.create_future())
-        return writes[-1]
-
-    stream = _Stream([b"a", b"b"])
-    batcher = Batcher(handler, max_events=1, max_seconds=60)
-    await asyncio.wait_for(batcher.consume(stream), timeout=5)
-    assert len(writes) == 2  # the second batch was handled while the first was written
+    writes = _Writes()
+    batcher, stream = await writes.consumed([b"a", b"b"])
+    assert len(writes.futures) == 2  # the second batch was handled while the first was written
     await batcher.tick()
     assert stream.acked == []
-    writes[1].set_result(None)  # the second is written first: it waits for the first
+    writes.futures[1].set_result(None)  # the second is written first: it waits for the first
     await batcher.tick()
     assert stream.acked == []
-    writes[0].set_result(None)
+    writes.futures[0].set_result(None)
     await batcher.tick()
     assert stream.acked == [0, 1]
 
 
 async def test_at_most_two_batches_wait_for_their_writes() -> None:
-    loop = asyncio.get_running_loop()
-    writes: list[asyncio.Future[None]] = []
-    third = asyncio.Event()
-
-    async def handler(events: list[Any]) -> asyncio.Future[None]:
-        writes.append(loop.create_future())
-        if len(writes) == 3:
-            third.set()
-        return writes[-1]
-
+    writes = _Writes()
     stream = _Stream([b"a", b"b", b"c"])
-    batcher = Batcher(handler, max_events=1, max_seconds=60)
+    batcher = Batcher(writes.handler, max_events=1, max_seconds=60)
     consuming = asyncio.ensure_future(batcher.consume(stream))
-    await asyncio.wait_for(third.wait(), timeout=5)
+    while len(writes.futures) < 3:
+        writes.handled.clear()
+        await asyncio.wait_for(writes.handled.wait(), timeout=5)
     assert not consuming.done()  # the third batch waits for the first one's writes
-    writes[0].set_result(None)
+    writes.futures[0].set_result(None)
     await asyncio.wait_for(consuming, timeout=5)
     assert stream.acked == [0]
-    for write in writes[1:]:
+    for write in writes.futures[1:]:
         write.set_result(None)
     await batcher.drain()
     assert stream.acked == [0, 1, 2]
 
 
 async def test_a_failed_write_is_raised_and_nothing_after_it_is_acknowledged() -> None:
-    loop = asyncio.get_running_loop()
-    writes: list[asyncio.Future[None]] = []
-
-    async def handler(events: list[Any]) -> asyncio.Future[None]:
-        writes.append(loop.create_future())
-        return writes[-1]
-
-    stream = _Stream([b"a", b"b"])
-    batcher = Batcher(handler, max_events=1, max_seconds=60)
-    await asyncio.wait_for(batcher.consume(stream), timeout=5)
-    writes[1].set_result(None)
-    writes[0].set_exception(RuntimeError("the warehouse is gone"))
+    writes = _Writes()
+    batcher, stream = await writes.consumed([b"a", b"b"])
+    writes.futures[1].set_result(None)
+    writes.futures[0].set_exception(RuntimeError("the warehouse is gone"))
     try:
         await batcher.drain()
     except RuntimeError as exc:
