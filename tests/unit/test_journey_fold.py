@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from dataclasses import replace
+from unittest.mock import patch
 
 import orjson
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_journey_properties import LATENESS, deliveries
 from tests.unit.test_journey_rules import MIN, SHOP, tp
+from tracker.core.journeys import codec
 from tracker.core.journeys.codec import (
     dump_bounded,
     dump_past,
@@ -72,6 +74,30 @@ def test_folded_state_gives_the_complete_history_results(
     tally(total, engine.settle(state, end))
     assert +total == expected
     assert not engine.counts["left_out_behind_fold"] and not state.hot
+
+
+@settings(max_examples=200, deadline=None)
+@given(deliveries(40, 1800), st.integers(1, 3), st.sampled_from([1, 8, 10**9]))
+def test_a_state_stored_and_loaded_between_batches_gives_the_complete_history_results(
+    delivery: tuple[list[Touchpoint], list[tuple[int, Touchpoint]]], chunk: int, tail_from: int
+) -> None:
+    """As the worker keeps a state it does not hold in memory: stored after every settle and
+    loaded again, with where its scan stood (from 1 or 8 live touchpoints on) or without."""
+    history, arrivals = delivery
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS, fold_step_ms=STEP)
+    state = CustomerState("c1")
+    total: Counter[Result] = Counter()
+    end = max(t for t, _ in arrivals) + 3 * 60 * MIN
+    with patch.object(codec, "TAIL_STORED_FROM", tail_from):
+        for i, (now, tp_) in enumerate(arrivals, start=1):
+            engine.add(state, [tp_])
+            if i % chunk and i != len(arrivals):
+                continue
+            tally(total, engine.settle(state, now))
+            raw = orjson.dumps(dump_state(state, engine.fingerprint))
+            state = load_state(orjson.loads(raw), engine.fingerprint)
+    tally(total, engine.settle(state, end))
+    assert +total == settled(history, end)
 
 
 def test_a_fold_drops_only_results_no_late_data_can_change() -> None:

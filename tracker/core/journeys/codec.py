@@ -38,6 +38,9 @@ def kind_of(r: Result) -> str:
 
 
 _NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
+# A state stores where its scan stands from this many live touchpoints on: scanning fewer again
+# after a load costs less than storing and loading a cursor per journey.
+TAIL_STORED_FROM = 8
 
 
 def tp_to_list(tp: Touchpoint) -> list[Any]:
@@ -115,7 +118,7 @@ def dump_state(state: CustomerState, fingerprint: str) -> dict[str, Any]:
         raw["x"] = 1
     if state.weight >= 0 and state.history:
         raw["w"] = state.weight  # the hot-key estimate, so a load need not count it again
-    if state.tail is not None and state.history:
+    if state.tail is not None and len(state.history) >= TAIL_STORED_FROM:
         # Where the scan of the live history stands, so a load need not scan it again, and
         # which of the results the clock added (their places in "e").
         places = {r: i for i, r in enumerate(state.emitted)}
