@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import struct
 import time
 from collections.abc import Container, Iterator
 from typing import Any
@@ -38,34 +39,60 @@ _Read = tuple[list[tuple[bytes, bytes]], bytes | None]  # (key, value)s, the las
 SLICE_SECONDS = 0.02
 SLICE = 100_000
 CHUNK = 100
+_DEADLINE = struct.Struct(">Q")  # a timer's deadline: 8 bytes that sort as the number does
 
 
 class Timers:
-    """A heap of ``(deadline, customer)``."""
+    """A heap of ``(deadline, customer)``, each held as one bytes object.
+
+    There is an entry for every customer with a drop-off to come: about a million at a million
+    open journey instances, so its size is most of what the worker holds per customer. An entry
+    is the deadline in milliseconds as 8 big-endian bytes followed by the customer key in UTF-8:
+    bytes compare as the (deadline, customer) tuples would, and one object of about 70 bytes
+    replaces a tuple, an int and a str of about 170.
+
+    Every batch that changes a customer pushes its deadline again, mostly the same one: exact
+    copies are dropped whenever the heap has doubled since the last time (amortised, and in C),
+    so it holds about one entry per customer and deadline, not one per batch.
+    """
+
+    COMPACT_MIN = 1024  # entries below which copies are not looked for
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, str]] = []
+        self._heap: list[bytes] = []
+        self._compact_at = self.COMPACT_MIN
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def push(self, deadline: int, customer: str) -> None:
-        heapq.heappush(self._heap, (deadline, customer))
+        # A deadline before the epoch is long past: due at once, as 0 is.
+        heapq.heappush(self._heap, _DEADLINE.pack(max(deadline, 0)) + customer.encode())
+        if len(self._heap) >= self._compact_at:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = list(set(self._heap))
+        heapq.heapify(self._heap)
+        self._compact_at = max(2 * len(self._heap), self.COMPACT_MIN)
 
     def clear(self, keep: Container[bytes] = ()) -> None:
         """Forget every timer but those of the customers in ``keep``."""
-        self._heap = [(t, key) for t, key in self._heap if key.encode() in keep]
+        self._heap = [entry for entry in self._heap if entry[8:] in keep]
         heapq.heapify(self._heap)
+        self._compact_at = max(2 * len(self._heap), self.COMPACT_MIN)
 
     def due_before(self, now: int) -> bool:
-        return bool(self._heap) and self._heap[0][0] < now
+        return bool(self._heap) and _DEADLINE.unpack_from(self._heap[0])[0] < now
 
     def due(self, now: int, most: int) -> set[str]:
         """Up to ``most`` customers whose deadline is before ``now``, taken off the heap."""
         out: set[str] = set()
         heap = self._heap
-        while heap and heap[0][0] < now and len(out) < most:
-            out.add(heapq.heappop(heap)[1])
+        # Entries before ``now`` are those below its 8 bytes followed by nothing.
+        bound = _DEADLINE.pack(max(now, 0))
+        while heap and heap[0] < bound and len(out) < most:
+            out.add(heapq.heappop(heap)[8:].decode())
         return out
 
 

@@ -1,10 +1,14 @@
-"""The worker benchmark's cost model recovers known costs from runs of different shapes."""
+"""The worker benchmark: its cost model recovers known costs from runs of different shapes; its
+data and its memory figures measure what they say."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
-from tracker.bench.worker import Measured, Shape, fit
+from tracker.bench.worker import Measured, Shape, _requests, fit
 
 
 def _run(messages: int, batches: int, events: int) -> Measured:
@@ -25,3 +29,20 @@ def test_runs_that_cannot_separate_the_terms_are_refused() -> None:
     runs = [_run(10, 10, 10), _run(20, 20, 20), _run(30, 30, 30)]
     with pytest.raises(ValueError, match="vary their shapes"):
         fit(runs, [1.0, 2.0, 3.0])
+
+
+def test_one_event_per_customer_opens_an_instance_for_every_customer() -> None:
+    # The 1,000,000-open-instance point: as many events as customers, one a request.
+    shape = Shape("open", 20_000, 20_000, per_request=1)
+    records = [r for request in _requests(shape, 10**12, random.Random(7)) for r in request]
+    by_customer = Counter(r["anonymous_id"] for r in records)
+    assert len(by_customer) == 20_000 and set(by_customer.values()) == {1}
+    assert {r["event"] for r in records} == {"Product Viewed"}  # the journey's first stage
+
+
+def test_growth_per_instance_is_read_between_half_and_all_open() -> None:
+    run = _run(1, 1, 1)
+    assert run.bytes_per_added_instance is None  # no half-way reading
+    run.open_instances, run.rss_bytes = 1_000_000, 900_000_000
+    run.half_open_instances, run.half_rss_bytes = 500_000, 700_000_000
+    assert run.bytes_per_added_instance == 400

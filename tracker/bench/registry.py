@@ -48,6 +48,9 @@ def worker_rows(result: dict[str, Any]) -> list[Row]:
             target=targets["bytes_per_open_instance"],
         ),
     ]
+    if result.get("bytes_per_added_instance") is not None:
+        figure = "worker bytes per instance, half open -> all open"
+        rows.append(Row(figure, result["bytes_per_added_instance"]))
     for measure, model in result.get("model", {}).items():  # fitted to wall and to CPU seconds
         for term in ("message", "customer_batch", "event"):
             figure = f"worker cost ({measure}): us per {term.replace('_', ' ')}"

@@ -230,6 +230,17 @@ class Measured:
     customer_batches: int = 0
     open_instances: int = 0
     rss_bytes: int = 0
+    # The resident size when half the customers' instances were open: the growth from there to
+    # the end is per instance, whatever the process holds at a fixed size.
+    half_open_instances: int = 0
+    half_rss_bytes: int = 0
+
+    @property
+    def bytes_per_added_instance(self) -> float | None:
+        added = self.open_instances - self.half_open_instances
+        if not self.half_rss_bytes or added <= 0:
+            return None
+        return (self.rss_bytes - self.half_rss_bytes) / added
 
     @property
     def per_s(self) -> float:
@@ -285,6 +296,9 @@ def _measure(
         while True:
             seen = poll()
             now = time.perf_counter()
+            if not run.half_rss_bytes and seen[OPEN_METRIC] >= customers_seen / 2:
+                run.half_open_instances = round(seen[OPEN_METRIC])
+                run.half_rss_bytes = _rss_bytes(proc.pid)
             if seen[EVENTS_METRIC] >= shape.events:
                 events_done = events_done or now
                 if seen[OPEN_METRIC] >= customers_seen or now - events_done > 60:
@@ -303,6 +317,11 @@ def _measure(
         f"{run.seconds:.1f}s, CPU {run.cpu_seconds / run.seconds:.2f} of wall "
         f"({shape.events / run.cpu_seconds:,.0f} events per CPU second), "
         f"{run.customer_batches:,} customer batches, {run.open_instances:,} open instances",
+        flush=True,
+    )
+    print(
+        f"{shape.name}: worker RSS {run.rss_bytes / 2**20:,.1f} MiB at {run.open_instances:,} open "
+        f"instances, {run.half_rss_bytes / 2**20:,.1f} MiB at {run.half_open_instances:,}",
         flush=True,
     )
     return run
@@ -398,6 +417,7 @@ def run(
         idle, _ = _start_worker(idle_env, workdir, "idle")
         time.sleep(3)  # settle after start-up; this measures memory, nothing waits on it
         idle_rss = _rss_bytes(idle.pid)
+        print(f"idle worker RSS {idle_rss / 2**20:,.1f} MiB", flush=True)
         idle.terminate()
         idle.wait(60)
         env["TRACKER_APP_ID"] = f"bench-{run_id}"
@@ -423,6 +443,11 @@ def run(
         "idle_rss_bytes": idle_rss,
         "bytes_per_open_instance": round(
             (first.rss_bytes - idle_rss) / max(first.open_instances, 1)
+        ),
+        "half_open_instances": first.half_open_instances,
+        "half_rss_bytes": first.half_rss_bytes,
+        "bytes_per_added_instance": (
+            None if (added := first.bytes_per_added_instance) is None else round(added)
         ),
         "targets": {"worker_events_per_s": 25_000, "ratio": 0.1, "bytes_per_open_instance": 1024},
         "runs": [
