@@ -154,6 +154,8 @@ def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
         recent=dict(raw.get("r") or {}),
         hot=bool(raw.get("x")),
         weight=raw.get("w", -1) if history else 0,
+        # Its timer was set when it was stored: a settle that finds the same deadline sets none.
+        deadline=raw.get("d") if same else None,
     )
     tail = raw.get("t")
     if same and tail is not None:
