@@ -329,6 +329,21 @@ class Past:
 Change = tuple[int, Result]  # (+1 | -1, result)
 
 
+def _diff(old: Counter[Result], new: Counter[Result]) -> list[Change]:
+    """The changes from ``old`` to ``new``: withdrawals first, in ``old``'s order, then
+    additions in ``new``'s."""
+    changes: list[Change] = []
+    for r, n in old.items():
+        gone = n - new.get(r, 0)
+        if gone > 0:
+            changes += [(-1, r)] * gone
+    for r, n in new.items():
+        more = n - old.get(r, 0)
+        if more > 0:
+            changes += [(+1, r)] * more
+    return changes
+
+
 def _order(tp: Touchpoint) -> tuple[int, str]:
     return (tp.t, tp.message_id)
 
@@ -613,11 +628,10 @@ class JourneyEngine:
         owed = state.unsettled
         if not owed and _same(new, state.emitted):
             return []
-        full = new + owed if owed else new
-        changes: list[Change] = [(-1, r) for r in (state.emitted - full).elements()]
-        changes += [(+1, r) for r in (full - state.emitted).elements()]
+        changes = _diff(state.emitted, new + owed if owed else new)
         state.emitted = new  # what an early fold found is final: it leaves the state at once
-        state.unsettled = Counter()
+        if owed:
+            state.unsettled = Counter()
         if changes:
             state.version += 1
         return changes
@@ -627,18 +641,15 @@ class JourneyEngine:
     ) -> list[Change]:
         """The clock's results ``old`` give way to ``added`` (the new touchpoints' results and
         the clock's now); the rest of ``emitted`` stands."""
-        gone, new = old - added, added - old
-        changes: list[Change] = [(-1, r) for r in gone.elements()]
-        changes += [(+1, r) for r in new.elements()]
+        changes = _diff(old, added)
         if changes:
             emitted = state.emitted
-            for r, n in gone.items():
-                left = emitted[r] - n
+            for sign, r in changes:
+                left = emitted[r] + sign
                 if left > 0:
                     emitted[r] = left
                 else:
                     del emitted[r]
-            emitted.update(new)
             state.version += 1
         return changes
 
