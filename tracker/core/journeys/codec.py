@@ -38,9 +38,10 @@ def kind_of(r: Result) -> str:
 
 
 _NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
-# A state stores where its scan stands from this many live touchpoints on: scanning fewer again
-# after a load costs less than storing and loading a cursor per journey.
-TAIL_STORED_FROM = 8
+# A state stores where its scan stands from this many live touchpoints on. Even one saves its
+# next settle more than the cursors cost to store and load: a settle that scans again compares
+# every live result with those emitted, one that goes on looks only at the new ones.
+TAIL_STORED_FROM = 1
 
 
 def tp_to_list(tp: Touchpoint) -> list[Any]:
@@ -64,8 +65,9 @@ def result_to_list(r: Result) -> list[Any]:
 
 def result_from_list(v: list[Any]) -> Result:
     cls = _KINDS[v[0]]
-    args = [tuple(a) if isinstance(a, list) else a for a in v[1:]]
-    result: Result = cls(*args)
+    if cls is DropOff:  # the one kind with tuples: its pain and love names, last
+        return cls(*v[1:-2], tuple(v[-2]), tuple(v[-1]))  # type: ignore[no-any-return]
+    result: Result = cls(*v[1:])
     return result
 
 

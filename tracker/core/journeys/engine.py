@@ -14,7 +14,7 @@ import bisect
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from tracker.core.journeys.definition import Journey
@@ -289,6 +289,12 @@ def evaluate_with_deadline(
     return out, inst.deadline if inst is not None and inst.dropped_at is None else None
 
 
+def _no_results() -> Counter[Result]:
+    """An empty Counter without ``Counter.__init__`` (Python code, a few times per customer per
+    batch): ``dict``'s own constructor leaves it as ``Counter()`` would."""
+    return Counter.__new__(Counter)
+
+
 @dataclass
 class CustomerState:
     """Everything the engine keeps for one customer: the live part of the history (touchpoints at
@@ -297,7 +303,7 @@ class CustomerState:
     customer: str
     history: list[Touchpoint] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)  # messageIds of the live history
-    emitted: Counter[Result] = field(default_factory=Counter)  # the live results only
+    emitted: Counter[Result] = field(default_factory=_no_results)  # the live results only
     version: int = 0  # bumped whenever emitted changes; orders the warehouse's result rows
     # When the results change next with no new data, as found by the last settle() (not stored).
     deadline: int | None = None
@@ -307,7 +313,7 @@ class CustomerState:
     recent: dict[str, int] = field(default_factory=dict)  # folded messageIds -> event time
     hot: bool = False  # went over a hard bound once: its journeys use its newest touchpoints
     # Final results an early fold found between an add() and the settle() that emits them.
-    unsettled: Counter[Result] = field(default_factory=Counter)
+    unsettled: Counter[Result] = field(default_factory=_no_results)
     weight: int = -1  # the live history's estimated stored bytes; -1: not counted yet
     # Not stored: where the last settle's scan of the live history stands, per journey (None:
     # to be scanned again from the checkpoint), how many touchpoints it covered, and what the
@@ -468,8 +474,9 @@ class JourneyEngine:
                     del history[i]
                 state.tail = None
             seen.add(mid)
-            if tp.bits < 0:
-                tp = replace(tp, bits=self.signature(tp))
+            if tp.bits < 0:  # a copy: the caller's touchpoint stays as it was
+                tp = Touchpoint(tp.t, mid, tp.type, tp.event, tp.channel, tp.path, tp.properties,
+                                self.signature(tp))  # fmt: skip
             at = bisect.bisect_right(history, tp.order, key=_order)
             history.insert(at, tp)
             if at < state.scanned:  # behind the last scan: scan again from the checkpoint
