@@ -497,9 +497,7 @@ class JourneyAgents:
         rows.add(fx.changes)
         states = [(self.states, key.encode(), value) for key, value in fx.states.items()]
         states += [(self.device_entries, key.encode(), v) for key, v in fx.devices.items()]
-        return await self.writer.submit(
-            rows.rows.values(), rows.changes, _forwarded(fx.forward), states
-        )
+        return await self.writer.submit(*rows.encode(), _forwarded(fx.forward), states)
 
     async def _changelog_metadata(self) -> None:
         """Table writes look their changelog's partitions up in the producer's metadata without

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 
+from tracker.warehouse.ingest import Encoded
 from tracker.warehouse.sink import TableSink
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ class _Batch:
 
 @dataclass
 class Unit:
-    rows: list[list[Any]]
-    changes: list[list[Any]]
+    rows: Encoded
+    changes: Encoded
     forward: list[tuple[bytes, bytes]]  # (key, value) to the journey-input topic
     states: list[tuple[DirectTable, bytes, bytes]]  # (table, key, value), a key at most once
     done: asyncio.Future[None] = field(
@@ -161,8 +162,8 @@ class Writer:
 
     async def submit(
         self,
-        rows: Iterable[list[Any]],
-        changes: list[list[Any]],
+        rows: Encoded,
+        changes: Encoded,
         forward: list[tuple[bytes, bytes]],
         states: list[tuple[DirectTable, bytes, bytes]],
     ) -> asyncio.Future[None]:
@@ -171,8 +172,8 @@ class Writer:
         self.store_delivered()
         for table, key, value in states:
             table.pending[key] = value
-        unit = Unit(list(rows), changes, forward, states)
-        if not (unit.rows or changes or forward or states):
+        unit = Unit(rows, changes, forward, states)
+        if not (rows.rows or changes.rows or forward or states):
             unit.done.set_result(None)  # nothing to write, nothing to keep in order
             return unit.done
         if self._task is None or self._task.done():

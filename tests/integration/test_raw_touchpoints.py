@@ -8,7 +8,6 @@ tables must hold the same rows, byte for byte.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from tracker.metrics import Metrics
 from tracker.warehouse.client import Warehouse
 from tracker.warehouse.ingest import TouchpointBlock, ingest_ddl
-from tracker.warehouse.schema import Layout, migrate, migrations
+from tracker.warehouse.schema import Layout, migrations
 from tracker.warehouse.sink import TOUCHPOINT_COLUMNS, TableSink
 
 pytestmark = pytest.mark.integration
@@ -86,20 +85,6 @@ TRICKY = [
            channel="", source="", sent_at_ms=0, context={"library": {"name": "analytics.js"}}),
     record("u-6", group_id="grp-1", properties={"unknown_field_kept": {"k": "v"}}, extra="dropped"),
 ]  # fmt: skip
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[tuple[Warehouse, Warehouse]]:
-    """Two databases of one chdb engine: rows written a row per touchpoint, and encoded."""
-    dsn = f"chdb://{tmp_path / 'ch'}"
-    old, new = Warehouse(dsn, "by_row"), Warehouse(dsn, "encoded")
-    try:
-        migrate(old, Layout("by_row"))
-        migrate(new, Layout("encoded"))
-        yield old, new
-    finally:
-        old.close()
-        new.close()
 
 
 def sink(warehouse: Warehouse) -> TableSink:

@@ -59,6 +59,12 @@ class Table:
     aggregate: bool = False  # retention from aggregate_ttl_days instead of ttl_days
     shard_key: str = "rand()"  # which shard a Distributed insert sends a row to
 
+    @property
+    def column_types(self) -> dict[str, str]:
+        """Each column's type by name, as declared (without ``DEFAULT`` clauses)."""
+        declared = (line.strip().rstrip(",").split(None, 1) for line in self.columns.splitlines())
+        return {name: rest.split(" DEFAULT ")[0].strip() for name, rest in declared}
+
     def ddl(self, layout: Layout) -> list[str]:
         db, cluster = layout.database, layout.cluster
         local = f"{self.name}_local" if cluster else self.name
