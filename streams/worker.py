@@ -10,7 +10,7 @@ from pathlib import Path
 import faust
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from streams.app import create_app
+from streams.app import create_app, tune_gc
 from streams.web import CRASH_EXIT_CODE, WorkerWeb
 from tracker.core.journeys.definition import load as load_journeys
 from tracker.core.journeys.definition import parse_duration_ms
@@ -80,6 +80,7 @@ def run(settings: Settings, bootstrap: str, *, port: int, ready_file: Path | Non
         quiet=True,
         override_logging=False,
     )
+    tune_gc()
     try:
         worker.execute_from_commandline()
     except SystemExit:
