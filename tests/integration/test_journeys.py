@@ -156,6 +156,9 @@ def test_drop_off_is_emitted_within_a_second_of_its_deadline(
 ) -> None:
     worker = start_worker()
     visitor = f"{unique}-v"
+    # The worker answers before its consumer group has formed; the clock starts once it owns
+    # its partitions (a deadline that passes while no worker owns them is a later test's case).
+    wait_until(lambda: _assigned(worker) > 0, timeout=60, what="the worker's partitions")
     began = int(time.time() * 1000)
     slow = msg("q2", began + 100, "Page Loaded", anonymousId=visitor, properties={"load_ms": 5000})
     send(collector, msg("q1", began, "Quick Start", anonymousId=visitor), slow)
