@@ -46,13 +46,15 @@ TAIL_STORED_FROM = 1
 
 def tp_to_list(tp: Touchpoint) -> list[Any]:
     """The compact form: what the rules need once the touchpoint's rule matches are known."""
+    if tp.stored is not None:
+        return tp.stored
     if tp.bits < 0:
         raise ValueError("a touchpoint is stored only with its rule matches (bits)")
     return [tp.t, tp.message_id, tp.event, tp.channel, tp.bits]
 
 
 def tp_from_list(v: list[Any]) -> Touchpoint:
-    return Touchpoint(v[0], v[1], "", v[2], v[3], "", _NO_PROPERTIES, v[4])
+    return Touchpoint(v[0], v[1], "", v[2], v[3], "", _NO_PROPERTIES, v[4], v)
 
 
 _FIELDS = {cls: attrgetter(*cls.__slots__) for cls in _KINDS.values()}
@@ -143,7 +145,7 @@ def load_state(raw: dict[str, Any], fingerprint: str) -> CustomerState:
     same = raw.get("f") == fingerprint
     if not same:
         for tp in history:
-            tp.bits = 0
+            tp.bits, tp.stored = 0, None
     emitted = [(result_from_list(r), n) for n, r in raw["e"]]
     state = CustomerState(
         customer=raw["c"],

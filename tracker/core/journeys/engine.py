@@ -37,6 +37,8 @@ class Touchpoint:
     # Which rules (stages, pain, love of every journey) this touchpoint matches, one bit each;
     # set by JourneyEngine.add. -1: not computed (evaluate then matches the rules itself).
     bits: int = -1
+    # Its stored form when it was read from one (``codec.tp_from_list``), written back as is.
+    stored: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def order(self) -> tuple[int, str]:
