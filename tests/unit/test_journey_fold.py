@@ -248,7 +248,7 @@ def _customer(engine: JourneyEngine, key: str, tps: list[Touchpoint], now: int) 
 
 
 def _anonymous(results: Counter[Result]) -> Counter[Result]:
-    return Counter({replace(r, customer="-"): n for r, n in results.items()})
+    return Counter({r._replace(customer="-"): n for r, n in results.items()})
 
 
 def test_merge_adopts_the_only_folded_past() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -57,12 +56,8 @@ def tp_from_list(v: list[Any]) -> Touchpoint:
     return Touchpoint(v[0], v[1], "", v[2], v[3], "", _NO_PROPERTIES, v[4], v)
 
 
-_FIELDS = {cls: attrgetter(*cls.__slots__) for cls in _KINDS.values()}
-
-
 def result_to_list(r: Result) -> list[Any]:
-    cls = type(r)
-    return [_KIND_OF[cls], *_FIELDS[cls](r)]
+    return [_KIND_OF[type(r)], *r]
 
 
 def result_from_list(v: list[Any]) -> Result:

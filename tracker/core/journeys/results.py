@@ -1,13 +1,16 @@
-"""What the journey engine emits. Frozen and hashable: a result *is* its identity, so a correction
-is the old result with sign -1 and the new one with +1."""
+"""What the journey engine emits. Immutable and hashable: a result *is* its identity, so a
+correction is the old result with sign -1 and the new one with +1.
+
+Results are named tuples: the engine keeps them in multisets and compares them all the time,
+which tuples do in C (the four kinds differ in length, so no two kinds are ever equal).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class StageEntered:
+class StageEntered(NamedTuple):
     journey: str
     customer: str
     instance: str  # "<start ms>:<opening messageId>"
@@ -18,8 +21,7 @@ class StageEntered:
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
-class DropOff:
+class DropOff(NamedTuple):
     journey: str
     customer: str
     instance: str
@@ -38,8 +40,7 @@ class DropOff:
         return self.at - self.entered_at
 
 
-@dataclass(frozen=True, slots=True)
-class Recovery:
+class Recovery(NamedTuple):
     journey: str
     customer: str
     instance: str
@@ -49,8 +50,7 @@ class Recovery:
     at: int  # when the customer moved on
 
 
-@dataclass(frozen=True, slots=True)
-class Conversion:
+class Conversion(NamedTuple):
     journey: str
     customer: str
     instance: str
