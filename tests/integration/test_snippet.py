@@ -239,6 +239,9 @@ async def test_offline_queue_is_bounded_dropping_the_oldest(shop: Shop) -> None:
     shop.site.options = {**FAST, "maxQueue": 3}
     page = await shop.open()
     await shop.wait(lambda rs: shop.events("Page Loaded"), what="page load")
+    # The page load is in Kafka once the collector answered, but it leaves the queue only when the
+    # browser has read that answer: going offline before then would leave it queued with the rest.
+    await page.wait_for_function("tracker.stats().queued == 0", timeout=30_000)
     await shop.ctx.set_offline(True)
     for i in range(1, 6):
         await page.evaluate(f"tracker.track('Step {i}')")
