@@ -9,6 +9,7 @@ import time
 
 import faust
 
+from streams.collection import GC_FULL_SECONDS
 from streams.journeys import JourneyAgents
 from streams.lag import publish_lags
 from streams.offsets import read_uncommitted_from_start
@@ -21,22 +22,6 @@ from tracker.warehouse.sink import TableSink
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL = 1.0  # seconds between consumer lag updates
-
-# Python's garbage collector. A full collection walks every object the worker holds (the cached
-# customer states, the batches in flight: about a second per million objects on a small cloud
-# core), and with the default thresholds the worker ran one every few batches. Young objects
-# are collected every GC_YOUNG allocations; what survives is left for one full collection every
-# GC_FULL_SECONDS, on a timer. Nothing is lost meanwhile: objects without reference cycles
-# are freed as soon as they are unused, whatever the collector does.
-GC_YOUNG = 50_000
-GC_FULL_SECONDS = 60.0
-
-
-def tune_gc() -> None:
-    """Call once everything the process keeps for its lifetime (modules, the app) is built:
-    that is set aside for good, and full collections are left to the timer."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, 20, 2**31 - 1)  # no full collection but the timer's
 
 
 def broker_urls(bootstrap: str) -> list[str]:

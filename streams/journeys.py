@@ -40,12 +40,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
 
+from streams import collection
 from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
 from streams.timers import Rebuild, Timers
@@ -61,7 +62,7 @@ from tracker.core.journeys.customers import (
 from tracker.core.journeys.engine import JourneyEngine, Touchpoint
 from tracker.metrics import Metrics
 from tracker.settings import Settings
-from tracker.warehouse.ingest import TouchpointBlock
+from tracker.warehouse.ingest import Encoded, TouchpointBlock
 from tracker.warehouse.sink import CHANGE_COLUMNS, ResultRows, TableSink
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,19 @@ def decode_records(value: bytes) -> list[dict[str, Any]]:
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError("message value is not a JSON array of records")
     return records
+
+
+class _Decoded(NamedTuple):
+    """A touchpoints batch as the worker takes it in."""
+
+    rows: Encoded  # the raw rows, one insert
+    by_sender: list[tuple[str, list[Touchpoint]]]  # touchpoints with a userId, or no device
+    by_device: dict[str, list[Touchpoint]]  # anonymous touchpoints by device
+    links: list[Link]  # identity links, sent once the batch is written
+
+
+# What a batch hands to the writer: result rows, signed changes, forwarded messages, states.
+_Writes = tuple[Encoded, Encoded, list[tuple[bytes, bytes]], list[tuple[DirectTable, bytes, bytes]]]
 
 
 def now_ms() -> int:
@@ -234,6 +248,29 @@ class JourneyAgents:
     async def on_touchpoints(self, events: list[Any]) -> Awaitable[None]:
         """Raw rows to the warehouse; each touchpoint to its customer's journeys."""
         now = now_ms()
+        with collection.paused():
+            batch = self._decode(events, now)
+        # The raw rows are written while the journeys are worked out: the insert runs in a
+        # thread. The batch is acknowledged only after both, so a crash in between loses nothing
+        # (raw rows collapse by message id, and the journeys ignore copies they already hold).
+        raw = asyncio.ensure_future(self.touchpoint_sink.write(batch.rows))
+        try:
+            async with self.lock:
+                # Ownership is looked up under the lock: an ownership notice handled between the
+                # lookup and the update would otherwise leave these touchpoints with the old owner.
+                with collection.paused():
+                    self.core.touchpoints(batch.by_sender, batch.by_device, now)
+                    writes = self._effects()
+                written = await self.writer.submit(*writes)
+        except BaseException:
+            await raw
+            raise
+        # The rest only waits on writes: the next batch is handled meanwhile (streams/batching.py).
+        previous, self._links_sent = self._links_sent, asyncio.Event()
+        return self._finish(written, raw, batch.links, previous, self._links_sent)
+
+    def _decode(self, events: list[Any], now: int) -> _Decoded:
+        """A batch's messages split into raw rows, touchpoints by customer and identity links."""
         # One row per messageId: of a message's copies in a batch the last one (the table keeps
         # the copy inserted last; within one insert that choice is not ClickHouse's to make).
         rows = TouchpointBlock()
@@ -277,22 +314,7 @@ class JourneyAgents:
         if late:
             self.metrics.late_events.inc(late)
         self.metrics.events_consumed.inc(consumed)
-        # The raw rows are written while the journeys are worked out: the insert runs in a
-        # thread. The batch is acknowledged only after both, so a crash in between loses nothing
-        # (raw rows collapse by message id, and the journeys ignore copies they already hold).
-        raw = asyncio.ensure_future(self.touchpoint_sink.write(rows.encode()))
-        try:
-            async with self.lock:
-                # Ownership is looked up under the lock: an ownership notice handled between the
-                # lookup and the update would otherwise leave these touchpoints with the old owner.
-                self.core.touchpoints(by_sender, by_device, now)
-                written = await self._commit()
-        except BaseException:
-            await raw
-            raise
-        # The rest only waits on writes: the next batch is handled meanwhile (streams/batching.py).
-        previous, self._links_sent = self._links_sent, asyncio.Event()
-        return self._finish(written, raw, links, previous, self._links_sent)
+        return _Decoded(rows.encode(), by_sender, by_device, links)
 
     async def _finish(
         self,
@@ -346,10 +368,13 @@ class JourneyAgents:
     async def on_journey_input(self, events: list[Any]) -> Awaitable[None]:
         await self._changelog_metadata()  # ownership notices write the owners table
         now = now_ms()
-        messages = [(e.message.key.decode(), orjson.loads(e.message.value)) for e in events]
+        with collection.paused():
+            messages = [(e.message.key.decode(), orjson.loads(e.message.value)) for e in events]
         async with self.lock:
-            self.core.journey_input(messages, now)
-            return await self._commit()  # acknowledged once written (streams/batching.py)
+            with collection.paused():
+                self.core.journey_input(messages, now)
+                writes = self._effects()
+            return await self.writer.submit(*writes)  # acknowledged once written
 
     # -- the identity graph ----------------------------------------------------------------------
 
@@ -411,8 +436,10 @@ class JourneyAgents:
             self.writer.store_delivered()
             # At most a batch's worth per tick: after an outage every customer may be due at once.
             due = self.timers.due(now, self.settings.sink_max_rows)
-            self.core.settle_due([key for key in sorted(due) if self._is_ours(key)], now)
-            written = await self._commit()
+            with collection.paused():
+                self.core.settle_due([key for key in sorted(due) if self._is_ours(key)], now)
+                writes = self._effects()
+            written = await self.writer.submit(*writes)
         await written
 
     async def _rebuild_timers(self) -> bool:
@@ -472,10 +499,11 @@ class JourneyAgents:
             owner = orjson.loads(owner)
         return str(owner) if owner else None
 
-    async def _commit(self) -> asyncio.Future[None]:
-        """Hand what the batch changed to the writer (streams/writes.py): result rows, then
-        forwarded messages, then the new states, written in that order off the lock. Returns
-        the future to wait on (outside the lock) before the batch is acknowledged."""
+    def _effects(self) -> _Writes:
+        """What the batch changed, for the writer (streams/writes.py): result rows, then
+        forwarded messages, then the new states, written in that order off the lock. The
+        writer's ``submit`` returns the future to wait on (outside the lock) before the batch
+        is acknowledged."""
         self.journey_metrics.drain(self.engine.counts)
         fx = self.core.commit()
         for deadline in fx.deadlines:
@@ -497,7 +525,7 @@ class JourneyAgents:
         rows.add(fx.changes)
         states = [(self.states, key.encode(), value) for key, value in fx.states.items()]
         states += [(self.device_entries, key.encode(), v) for key, v in fx.devices.items()]
-        return await self.writer.submit(*rows.encode(), _forwarded(fx.forward), states)
+        return (*rows.encode(), _forwarded(fx.forward), states)
 
     async def _changelog_metadata(self) -> None:
         """Table writes look their changelog's partitions up in the producer's metadata without

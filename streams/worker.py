@@ -10,7 +10,8 @@ from pathlib import Path
 import faust
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from streams.app import create_app, tune_gc
+from streams.app import create_app
+from streams.collection import tune_gc
 from streams.web import CRASH_EXIT_CODE, WorkerWeb
 from tracker.core.journeys.definition import load as load_journeys
 from tracker.core.journeys.definition import parse_duration_ms
