@@ -8,7 +8,15 @@ from collections import Counter
 
 import pytest
 
-from tracker.bench.worker import Measured, Shape, _requests, fit
+from tracker.bench.worker import (
+    POLL_MAX_SECONDS,
+    POLL_MIN_SECONDS,
+    Measured,
+    Shape,
+    _poll_interval,
+    _requests,
+    fit,
+)
 
 
 def _run(messages: int, batches: int, events: int) -> Measured:
@@ -46,3 +54,14 @@ def test_growth_per_instance_is_read_between_half_and_all_open() -> None:
     run.open_instances, run.rss_bytes = 1_000_000, 900_000_000
     run.half_open_instances, run.half_rss_bytes = 500_000, 700_000_000
     assert run.bytes_per_added_instance == 400
+
+
+def test_poll_interval_shrinks_as_the_run_nears_its_end() -> None:
+    # 10% done in 2 s: 18 s left at that rate, a quarter of it capped at the maximum
+    assert _poll_interval(10_000, 100_000, 2.0) == POLL_MAX_SECONDS
+    # 90% done in 18 s: 2 s left, polled every half second
+    assert _poll_interval(90_000, 100_000, 18.0) == pytest.approx(0.5)
+    # nothing counted yet, or everything: as often as allowed
+    assert _poll_interval(0, 100_000, 1.0) == POLL_MIN_SECONDS
+    assert _poll_interval(100_000, 100_000, 20.0) == POLL_MIN_SECONDS
+    assert _poll_interval(99_999, 100_000, 20.0) == POLL_MIN_SECONDS
