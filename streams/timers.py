@@ -15,6 +15,9 @@ Each partition is read in key order from where the slice before stopped, so at a
 customer is either behind the scan (counted: later changes count as changes) or ahead of it
 (it will be counted as it is when the scan gets there: until then its changes must not count,
 or they would count twice). :meth:`Rebuild.ahead` tells which; the open-instance gauges ask it.
+A state written but not yet in the store (its changelog send unacknowledged) may land there
+after the scan went past its key: such a customer, new to the store, is counted as it changes
+from the start (or, written before the pass, when it starts) and the scan skips it.
 """
 
 from __future__ import annotations
@@ -109,12 +112,14 @@ class _Segment:
         raise NotImplementedError
 
     def will_read(self, key: bytes) -> bool:
-        """Whether ``key``, when it is ahead of the cursor, will be read by this scan."""
-        return True
+        """Whether ``key``, when it is ahead of the cursor, will be read by this scan if it
+        changes no more: whether it is in the store now."""
+        raise NotImplementedError
 
 
 class _RocksSegment(_Segment):
-    """One partition's RocksDB database: iterated in key order, keys written later included."""
+    """One partition's RocksDB database, iterated in key order: keys stored later are read when
+    they land ahead of the cursor."""
 
     def __init__(self, db: Any, offset_key: bytes) -> None:
         self.db = db
@@ -127,6 +132,9 @@ class _RocksSegment(_Segment):
         out = list(itertools.islice(items, most))
         last = out[-1][0] if out else None
         return [kv for kv in out if kv[0] != self.offset_key], last
+
+    def will_read(self, key: bytes) -> bool:
+        return self.db.get(key) is not None
 
 
 class _DictSegment(_Segment):
@@ -173,6 +181,9 @@ class Rebuild:
         self.segments: list[_Segment] = []
         self._index = 0  # the segment being read
         self._after: bytes | None = None  # the last key read in it
+        # Customers not in the store when they were met ahead of the scan: counted as they
+        # change, skipped by the scan (their state may reach the store after it went past).
+        self.live: set[bytes] = set()
         self.read = 0
 
     def start(self) -> None:
@@ -189,6 +200,9 @@ class Rebuild:
         self.timers.clear(keep=self.pending)
         self.metrics.reset()
         self.metrics.ahead_of_recount = self.ahead
+        for key, raw in list(self.pending.items()):
+            if not self.ahead(key.decode()) and key in self.live:
+                self._count(key, raw)  # written before the pass, not in the store yet
 
     def finish(self) -> None:
         """The pass is over or given up: changes count as they happen again."""
@@ -212,11 +226,14 @@ class Rebuild:
         """Whether ``customer`` is still ahead of the scan (not counted yet, to be counted)."""
         key = customer.encode()
         i = self._segment_of(key)
-        if i is None or i < self._index or self.done:
+        if i is None or i < self._index or self.done or key in self.live:
             return False
         if i == self._index and self._after is not None and key <= self._after:
             return False
-        return self.segments[i].will_read(key)
+        if self.segments[i].will_read(key):
+            return True
+        self.live.add(key)
+        return False
 
     def step(self, seconds: float = SLICE_SECONDS, most: int = SLICE) -> None:
         """Read states for about ``seconds``, ``most`` at most (call under the lock)."""
@@ -228,7 +245,8 @@ class Rebuild:
                 self._after = None
                 continue
             for key, raw in items:
-                self._count(key, self.pending.get(key, raw))
+                if key not in self.live:
+                    self._count(key, self.pending.get(key, raw))
             self._after = last
             most -= max(len(items), 1)
             self.read += len(items)
