@@ -44,13 +44,12 @@ from typing import Any, NamedTuple
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 
 from streams import collection
 from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
 from streams.timers import Rebuild, Timers
-from streams.writes import DirectTable, Writer
+from streams.writes import DirectTable, Partitioner, Writer
 from tracker.core.identity import Identities, Link, links_of
 from tracker.core.journeys.customers import (
     Customers,
@@ -150,9 +149,10 @@ class JourneyAgents:
         # Customer states and device entries are written straight to their changelogs, in
         # order, by one writer task (streams/writes.py); the owners table, written only on
         # merges, goes through faust's own table writes.
-        self.states = DirectTable(self.customers, n)
-        self.device_entries = DirectTable(self.devices, n)
-        self.owner_entries = DirectTable(self.owners, n)  # read only: one read per lookup
+        self.partition_of = Partitioner(n)
+        self.states = DirectTable(self.customers, self.partition_of)
+        self.device_entries = DirectTable(self.devices, self.partition_of)
+        self.owner_entries = DirectTable(self.owners, self.partition_of)  # read only
         self.writer = Writer(
             app,
             results=self.sink,
@@ -487,8 +487,7 @@ class JourneyAgents:
 
     def _is_ours(self, key: str) -> bool:
         """Whether ``key``'s partition (Kafka's default partitioner) is assigned here."""
-        partition = (murmur2(key.encode()) & 0x7FFFFFFF) % self.settings.topic_partitions
-        return partition in self.active
+        return self.partition_of(key.encode()) in self.active
 
     def _owner_of(self, key: str) -> str | None:
         """Who ``key`` belongs to, if an alias gave it to another customer. Looked up for

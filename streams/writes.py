@@ -46,15 +46,33 @@ UNITS_QUEUED = 2  # units waiting for the writer; a third submit waits for the f
 PARTITIONS_CACHED = 100_000  # keys whose partition is kept (murmur2 is pure Python)
 
 
+class Partitioner:
+    """The partition Kafka's default partitioner gives a key among ``partitions``: where a
+    table's write of that key goes. murmur2 is pure Python (about 3 µs a key), so the partitions
+    of up to :data:`PARTITIONS_CACHED` keys are kept; one instance serves every table, as a
+    customer's key is looked up in several of them."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._cached: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes) -> int:
+        partition = self._cached.get(key)
+        if partition is None:
+            if len(self._cached) >= PARTITIONS_CACHED:
+                self._cached.clear()
+            partition = self._cached[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        return partition
+
+
 class DirectTable:
     """A table of bytes whose writes go straight to its changelog (see the module docstring)."""
 
-    def __init__(self, table: faust.types.TableT[Any, Any], partitions: int) -> None:
+    def __init__(self, table: faust.types.TableT[Any, Any], partitioner: Partitioner) -> None:
         self.table = table
-        self.partitions = partitions
+        self.partition_of = partitioner
         # Written by a unit not yet finished: newer than the local store.
         self.pending: dict[bytes, bytes] = {}
-        self._partition: dict[bytes, int] = {}
 
     @property
     def topic(self) -> str:
@@ -73,15 +91,6 @@ class DirectTable:
         own lookup of a key it has not indexed tries every partition's); else None."""
         dbs = getattr(self.table.data, "_dbs", None)
         return None if dbs is None else dbs.get(partition)
-
-    def partition_of(self, key: bytes) -> int:
-        """The partition Kafka's default partitioner gives ``key``: where faust's write went."""
-        partition = self._partition.get(key)
-        if partition is None:
-            if len(self._partition) >= PARTITIONS_CACHED:
-                self._partition.clear()
-            partition = self._partition[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
-        return partition
 
     def values(self) -> Iterator[bytes]:
         """Every value held, the pending ones first (under the agents' lock: see Writer)."""

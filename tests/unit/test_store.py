@@ -76,3 +76,21 @@ def test_rocksdb_memory_is_bounded_per_database_unless_the_table_says_otherwise(
                       value_type=bytes, options={"block_cache_size": 1 << 20})  # fmt: skip
     own = table.data.rocksdb_options
     assert (own.write_buffer_size, own.block_cache_size) == (MEMORY["write_buffer_size"], 1 << 20)
+
+
+def test_the_shared_partitioner_agrees_with_kafka_and_keeps_a_bounded_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams import writes
+
+    monkeypatch.setattr(writes, "PARTITIONS_CACHED", 50)
+    kafka = DefaultPartitioner()
+    for n in (1, 4, 12):
+        partitioner, parts = writes.Partitioner(n), list(range(n))
+        for round_ in range(2):  # computed, then (for the last keys) from the cache
+            for i in range(120):
+                key = f"visitor-{i}-{n}".encode()
+                assert partitioner(key) == kafka(key, parts, parts), (key, round_)
+                assert len(partitioner._cached) <= 50
