@@ -146,13 +146,14 @@ class JourneyAgents:
         self.devices = app.Table("devices", partitions=n, value_type=bytes, **table_opts)
         self.links = app.Table("identity-links", partitions=1, **table_opts)
         self.identities: Identities | None = None
-        # Customer states and device entries are written straight to their changelogs, in
-        # order, by one writer task (streams/writes.py); the owners table, written only on
-        # merges, goes through faust's own table writes.
+        # Customer states, device entries and the identity agent's entries are written
+        # straight to their changelogs, in order, by one writer task (streams/writes.py); the
+        # owners table, written only on merges, goes through faust's own table writes.
         self.partition_of = Partitioner(n)
         self.states = DirectTable(self.customers, self.partition_of)
         self.device_entries = DirectTable(self.devices, self.partition_of)
         self.owner_entries = DirectTable(self.owners, self.partition_of)  # read only
+        self.link_entries = DirectTable(self.links, Partitioner(1))
         self.writer = Writer(
             app,
             results=self.sink,
@@ -378,36 +379,50 @@ class JourneyAgents:
 
     # -- the identity graph ----------------------------------------------------------------------
 
-    async def on_links(self, events: list[Any]) -> None:
+    async def on_links(self, events: list[Any]) -> Awaitable[None]:
         """The identity rules (``tracker.core.identity``) over every link: owner notices for
-        ids an alias re-keyed, device notices for devices whose attribution changed."""
-        await self._changelog_metadata()
+        ids an alias re-keyed, device notices for devices whose attribution changed.
+
+        The entries and notices go out through the writer, like the journey agents' states
+        and forwards (a record batch per partition, not faust's one-message-at-a-time table
+        and topic sends, which set this agent's pace); the batch is acknowledged once written.
+        """
         ids = self._identities()
         # Repeats older than this can no longer be split by a late link (see Identities.add).
         horizon = now_ms() - self.engine.lateness_ms - LINK_TRANSIT_MS
         links = []
+        entries: dict[bytes, Any] = {}  # written by this batch
         for event in events:
             for from_id, user_id, t, message_id, alias in orjson.loads(event.message.value):
                 link = Link(from_id, user_id, t, message_id, bool(alias))
                 links.append(link)
                 if link.alias:  # one entry per alias pair, its newest link
                     pair_key = f"{from_id}\x00{user_id}".encode()
-                    stored = self.links.get(pair_key)
+                    stored = entries.get(pair_key) or self._link_entry(pair_key)
                     if not stored or Link(*stored).order < link.order:
-                        self.links[pair_key] = [from_id, user_id, t, message_id, True]
+                        entries[pair_key] = [from_id, user_id, t, message_id, True]
         notices, touched, shared = link_notices(ids, links, horizon)
         if shared:
             self.metrics.identity_shared_devices.inc(shared)
         for device in sorted(touched):
             d = ids.devices[device]
-            self.links[device.encode()] = {"l": d.links, "s": d.shared}
-        for key, msg in notices:
-            await self.journey_input.send(key=key.encode(), value=orjson.dumps(msg))
+            entries[device.encode()] = {"l": d.links, "s": d.shared}
+        states = [(self.link_entries, key, orjson.dumps(v)) for key, v in entries.items()]
+        forward = [(key.encode(), orjson.dumps(msg)) for key, msg in notices]
+        async with self.lock:  # units reach the writer in order
+            return await self.writer.submit(*ResultRows().encode(), forward, states)
+
+    def _link_entry(self, key: bytes) -> Any:
+        """An entry of the identity-links table, decoded (a store in memory may hold it so)."""
+        raw = self.link_entries.get(key)
+        return orjson.loads(raw) if isinstance(raw, bytes) else raw
 
     def _identities(self) -> Identities:
         if self.identities is None:
             ids = Identities(self.settings.max_users_per_device)
-            for key, raw in self.links.items():
+            for key, raw in self.link_entries.items():
+                if isinstance(raw, bytes):
+                    raw = orjson.loads(raw)
                 if isinstance(raw, dict):
                     ids.devices[key.decode()] = device_of(raw)
                 elif raw:

@@ -1,7 +1,8 @@
 """What a journey batch changed, written out in order by one task, off the agents' lock.
 
 A batch's effects (``tracker.core.journeys.customers.Effects``) become a :class:`Unit`: result
-rows, forwarded messages, and the new bytes of customer states and device entries. The agents
+rows, forwarded messages, and the new bytes of customer states and device entries (the identity
+agent's units: its table entries and device notices, as states and forwards). The agents
 submit units under their lock, so units are in the order the states changed; one task writes
 them one after the other, each in this order:
 
@@ -92,12 +93,13 @@ class DirectTable:
         dbs = getattr(self.table.data, "_dbs", None)
         return None if dbs is None else dbs.get(partition)
 
-    def values(self) -> Iterator[bytes]:
-        """Every value held, the pending ones first (under the agents' lock: see Writer)."""
-        yield from self.pending.values()
+    def items(self) -> Iterator[tuple[bytes, Any]]:
+        """Every entry held, the pending ones first (under the agents' lock: see Writer). A
+        store in memory may hold a value as faust decoded it from the changelog, not as bytes."""
+        yield from self.pending.items()
         for key, value in self.table.data.items():
             if key not in self.pending:
-                yield value
+                yield key, value
 
     def stored(self, partition: int, records: list[tuple[bytes, bytes]], offset: int) -> None:
         """``records`` of ``partition`` are in the changelog, the last at ``offset``: keep them
