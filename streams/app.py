@@ -83,10 +83,10 @@ def create_app(
         # next metadata refresh notices it and rejoins: refresh often, not every 5 minutes.
         consumer_metadata_max_age_ms=5_000,
     )
-    # faust's table writes (the identity-links table: one per device a links batch touches)
-    # wait in the producer's buffer, and above its limit (100) faust holds back every incoming
-    # message, touchpoints included, until the buffer drains one send at a time: a burst of
-    # logins stalled the whole worker. Still bounded, at a size a burst fits in.
+    # faust's table writes (the owners table's, on identity merges) wait in the producer's
+    # buffer, and above its limit (100) faust holds back every incoming message, touchpoints
+    # included, until the buffer drains one send at a time: a burst of merges would stall the
+    # whole worker. Still bounded, at a size a burst fits in.
     app.producer.buffer.max_messages = PRODUCER_BUFFERED
     agents = JourneyAgents(
         app, settings, engine, touchpoint_sink=sink, results_sink=results_sink, metrics=metrics

@@ -413,16 +413,13 @@ class JourneyAgents:
             return await self.writer.submit(*ResultRows().encode(), forward, states)
 
     def _link_entry(self, key: bytes) -> Any:
-        """An entry of the identity-links table, decoded (a store in memory may hold it so)."""
-        raw = self.link_entries.get(key)
-        return orjson.loads(raw) if isinstance(raw, bytes) else raw
+        return _decoded(self.link_entries.get(key))
 
     def _identities(self) -> Identities:
         if self.identities is None:
             ids = Identities(self.settings.max_users_per_device)
-            for key, raw in self.link_entries.items():
-                if isinstance(raw, bytes):
-                    raw = orjson.loads(raw)
+            for key, stored in self.link_entries.items():
+                raw = _decoded(stored)
                 if isinstance(raw, dict):
                     ids.devices[key.decode()] = device_of(raw)
                 elif raw:
@@ -508,9 +505,7 @@ class JourneyAgents:
         """Who ``key`` belongs to, if an alias gave it to another customer. Looked up for
         every sender of every batch: read straight from its partition's store (faust's own
         lookup of a key it has not indexed tries every partition)."""
-        owner = self.owner_entries.get(key.encode())
-        if isinstance(owner, bytes):  # as stored: faust's JSON
-            owner = orjson.loads(owner)
+        owner = _decoded(self.owner_entries.get(key.encode()))
         return str(owner) if owner else None
 
     def _effects(self) -> _Writes:
@@ -542,14 +537,20 @@ class JourneyAgents:
         return (*rows.encode(), _forwarded(fx.forward), states)
 
     async def _changelog_metadata(self) -> None:
-        """Table writes look their changelog's partitions up in the producer's metadata without
-        waiting for it; on a fresh cluster (or after a rebalance that created the topics) the
-        producer may not know them yet, and the write would crash the app. Wait for them."""
+        """faust's table writes (the owners table's; the other tables' go through the writer,
+        whose sends wait for it) look their changelog's partitions up in the producer's metadata
+        without waiting for it; on a fresh cluster (or after a rebalance that created the
+        topics) the producer may not know them yet, and the write would crash the app."""
         producer = self.app.producer._ensure_producer()
-        for table in (self.customers, self.owners, self.devices, self.links):
-            topic = table.changelog_topic.get_topic_name()
-            if producer.client.cluster.partitions_for_topic(topic) is None:
-                await producer.partitions_for(topic)
+        topic = self.owners.changelog_topic.get_topic_name()
+        if producer.client.cluster.partitions_for_topic(topic) is None:
+            await producer.partitions_for(topic)
+
+
+def _decoded(stored: Any) -> Any:
+    """A JSON table entry as :class:`DirectTable` reads it: the stored bytes, or (from a store in
+    memory that faust recovered from the changelog) the value faust decoded."""
+    return orjson.loads(stored) if isinstance(stored, bytes) else stored
 
 
 def _forwarded(forward: list[tuple[str, Message]]) -> list[tuple[bytes, bytes]]:

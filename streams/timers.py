@@ -200,9 +200,11 @@ class Rebuild:
         self.timers.clear(keep=self.pending)
         self.metrics.reset()
         self.metrics.ahead_of_recount = self.ahead
-        for key, raw in list(self.pending.items()):
-            if not self.ahead(key.decode()) and key in self.live:
-                self._count(key, raw)  # written before the pass, not in the store yet
+        for key, raw in self.pending.items():
+            i = self._segment_of(key)
+            if i is not None and not self.segments[i].will_read(key):
+                self.live.add(key)  # written before the pass, not in the store yet
+                self._count(key, raw)
 
     def finish(self) -> None:
         """The pass is over or given up: changes count as they happen again."""

@@ -33,11 +33,11 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from streams.timers import partition_of
 from tracker.warehouse.ingest import Encoded
 from tracker.warehouse.sink import TableSink
 
@@ -62,7 +62,7 @@ class Partitioner:
         if partition is None:
             if len(self._cached) >= PARTITIONS_CACHED:
                 self._cached.clear()
-            partition = self._cached[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+            partition = self._cached[key] = partition_of(key, self.partitions)
         return partition
 
 
