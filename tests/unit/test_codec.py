@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import orjson
 import pytest
 
@@ -12,8 +14,9 @@ from tracker.core.journeys.codec import (
     load_state,
     stored_deadline,
     tp_to_list,
+    tps_from_lists,
 )
-from tracker.core.journeys.engine import CustomerState, JourneyEngine
+from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint
 from tracker.warehouse.sink import result_row
 
 
@@ -68,3 +71,13 @@ def test_a_withdrawn_result_is_a_deleted_row_of_the_same_key() -> None:
     (result, _), *_ = _state(engine).emitted.items()
     live, gone = result_row(1, result, 3), result_row(-1, result, 4)
     assert live[:7] == gone[:7] and (live[-2:], gone[-2:]) == ([3, 0], [4, 1])
+
+
+def test_a_touchpoint_built_from_its_stored_form_has_every_field_of_a_constructed_one() -> None:
+    engine = JourneyEngine([SHOP], lateness_ms=60 * MIN)
+    stored = [1000, "m1", "Product Viewed", "web", engine.signature(tp(1, "Product Viewed"))]
+    (built,) = tps_from_lists([stored])
+    made = Touchpoint(1000, "m1", "", "Product Viewed", "web", "", {}, stored[4], stored)
+    for f in fields(Touchpoint):  # a field added to Touchpoint must be set here too
+        assert getattr(built, f.name) == getattr(made, f.name), f.name
+    assert tp_to_list(built) is stored

@@ -68,6 +68,8 @@ def test_folded_state_gives_the_complete_history_results(
         assert all(t.t >= state.cutoff for t in state.history)
         assert all(t >= state.cutoff - LATENESS for t in state.recent.values())
         assert sum(state.emitted.values()) <= 4 * len(state.history) + 1  # live results only
+        # The hot-key bound's estimate stays that of the live history across folds.
+        assert state.weight == sum(engine._weight(t) for t in state.history)
         # What left the state is final: the complete history gives every one of those results.
         assert not state.emitted - total
         assert not (total - state.emitted) - expected
@@ -181,6 +183,7 @@ def test_a_hot_key_stays_within_its_bounds() -> None:
         engine.add(state, batch)
         tally(total, engine.settle(state, batch[-1].t))
         assert len(state.history) <= engine.max_live_touchpoints
+        assert state.weight == sum(engine._weight(t) for t in state.history)
         raw, changes = dump_bounded(engine, state, batch[-1].t)
         assert changes == []  # the hot fold alone kept it small: the guard had nothing to do
         biggest = max(biggest, len(raw))

@@ -10,6 +10,7 @@ touchpoint nor the stored bytes grow with N; they follow the touchpoints of the 
 
 from __future__ import annotations
 
+import operator
 import random
 import statistics
 import time
@@ -58,7 +59,9 @@ def _time_adds(engine: JourneyEngine, raw: bytes, now: int, adds: int, rnd: rand
     return (time.process_time() - began) / adds
 
 
-def run(settings: Settings, sizes: tuple[int, ...] = SIZES, adds: int = 2000) -> dict[str, Any]:
+def run(
+    settings: Settings, sizes: tuple[int, ...] = SIZES, adds: int = 500, rounds: int = 40
+) -> dict[str, Any]:
     journeys = loads(BENCH_JOURNEYS)
     engine = JourneyEngine(
         journeys,
@@ -75,18 +78,21 @@ def run(settings: Settings, sizes: tuple[int, ...] = SIZES, adds: int = 2000) ->
         engine.settle(state, now)  # as a timer would have: its deadlines and fold are current
         raw = orjson.dumps(dump_state(state, engine.fingerprint))
         stored.append((n, raw, len(state.history), time.perf_counter() - began))
-    # Rounds go over every size in turn, so a busy machine slows them all alike.
-    rounds: dict[int, list[float]] = {n: [] for n in sizes}
+    # Short rounds go over every size in turn, so a busy machine slows them all alike; a ratio
+    # is the median of the ratios within each round (the sizes timed side by side).
+    timed: dict[int, list[float]] = {n: [] for n in sizes}
     rnd = random.Random(0)
-    for r in range(5):
+    for r in range(rounds):
         for n, raw, _, _ in stored:
-            rounds[n].append(_time_adds(engine, raw, now + r * adds * 10, adds, rnd))
+            timed[n].append(_time_adds(engine, raw, now + r * adds * 10, adds, rnd))
+    first = timed[sizes[0]]
     runs = []
     for n, raw, live, grown_s in stored:
         runs.append(
             {
                 "touchpoints": n,
-                "us_per_add": round(statistics.median(rounds[n]) * 1e6, 1),
+                "us_per_add": round(statistics.median(timed[n]) * 1e6, 1),
+                "ratio": round(statistics.median(map(operator.truediv, timed[n], first)), 2),
                 "state_bytes": len(raw),
                 "live_touchpoints": live,
                 "grow_s": round(grown_s, 1),
@@ -94,9 +100,6 @@ def run(settings: Settings, sizes: tuple[int, ...] = SIZES, adds: int = 2000) ->
         )
         print(f"N={n:>7,}: {runs[-1]['us_per_add']:8.1f} us/add, state {len(raw):,} B, "
               f"{live} live (history built in {grown_s:.1f}s)")  # fmt: skip
-    base = runs[0]["us_per_add"]
-    for r in runs:
-        r["ratio"] = round(r["us_per_add"] / base, 2)
     return {
         "runs": runs,
         "bound_bytes": settings.journey_max_state_bytes,

@@ -39,8 +39,8 @@ from tracker.core.journeys.codec import (
     dump_past,
     load_past,
     load_state,
-    tp_from_list,
     tp_to_list,
+    tps_from_lists,
 )
 from tracker.core.journeys.engine import Change, CustomerState, JourneyEngine, Past, Touchpoint
 from tracker.core.journeys.results import Result
@@ -189,7 +189,7 @@ class Customers:
         for key, msg in messages:
             kind = msg["kind"]
             if kind == "tps" and "past" not in msg:
-                self._route(key, key, [tp_from_list(v) for v in msg["tps"]], local)
+                self._route(key, key, tps_from_lists(msg["tps"]), local)
                 continue
             self._apply(local, now)  # keep the order of what came before
             local.clear()
@@ -320,7 +320,7 @@ class Customers:
         past = load_past(msg["past"])
         if self.engine.adopt_past(state, past) and self._on_past is not None:
             self._on_past(past, +1)
-        self.engine.add(state, [tp_from_list(v) for v in msg["tps"]])
+        self.engine.add(state, tps_from_lists(msg["tps"]))
         self._settle(state, now)
 
     def _drop(self, key: str, mids: list[str], now: int) -> None:
@@ -346,7 +346,7 @@ class Customers:
         if state is not None and self.engine.remove(state, msg["mids"]):
             self._settle(state, now)
         local: dict[str, list[Touchpoint]] = {}
-        self._route(msg["to"], here, [tp_from_list(v) for v in msg["tps"]], local)
+        self._route(msg["to"], here, tps_from_lists(msg["tps"]), local)
         self._apply(local, now)
 
     def _take_device(self, device: str, msg: Message, now: int) -> None:
@@ -362,7 +362,7 @@ class Customers:
         self._prune(entry["p"], now)
         links = device_of(entry)
         for mid, (raw, old) in sorted(entry["p"].items()):
-            tp = tp_from_list(raw)
+            (tp,) = tps_from_lists([raw])
             new = links.user_at(tp.order) or device
             if new == old:
                 continue

@@ -37,7 +37,7 @@ class Touchpoint:
     # Which rules (stages, pain, love of every journey) this touchpoint matches, one bit each;
     # set by JourneyEngine.add. -1: not computed (evaluate then matches the rules itself).
     bits: int = -1
-    # Its stored form when it was read from one (``codec.tp_from_list``), written back as is.
+    # Its stored form when it was read from one (``codec.tps_from_lists``), written back as is.
     stored: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -542,7 +542,8 @@ class JourneyEngine:
                 state.seen.discard(tp.message_id)
             del history[:k]
             self.counts["folded"] += k
-            state.weight = -1
+            if state.weight >= 0:  # kept counted: else the next add counts it all again
+                state.weight -= sum(self._weight(tp) for tp in folded)
             # The scan of what stays live goes on as it was when it reached past the cut (time
             # passing to the cut then to the next touchpoint is the same as going to it at
             # once); otherwise it starts again from the new checkpoint.
