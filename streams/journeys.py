@@ -4,11 +4,13 @@ Topics (``<app>`` is the app id):
 
 - the touchpoints topic: JSON arrays of records, each on the partition of its sender's id
   (userId, else anonymousId), several senders to a message;
-- ``<app>-journey-input``, keyed by customer key (or device id): touchpoints forwarded to their
-  customer's partition, ``move`` notices (a link gave these touchpoints to another customer:
-  take them out here and send them on), ``owner`` notices ("id X now belongs to customer K",
-  after an alias) and ``device`` notices (device X's links changed: where its anonymous
-  touchpoints belong, in event time);
+- ``<app>-journey-input``, messages for customer keys (or device ids), each on its key's
+  partition, a partition's messages of a batch grouped into one Kafka message
+  (``streams.writes.group_forwarded``): touchpoints forwarded to their customer's partition,
+  ``move`` notices (a link gave these touchpoints to another customer: take them out here and
+  send them on), ``owner`` notices ("id X now belongs to customer K", after an alias) and
+  ``device`` notices (device X's links changed: where its anonymous touchpoints belong, in
+  event time);
 - ``<app>-identity-links``, one partition: identity links (several to a message), read by the one
   identity agent that keeps the identity graph (``tracker.core.identity``: the rules are there).
 
@@ -49,7 +51,7 @@ from streams import collection
 from streams.batching import Batcher
 from streams.journey_metrics import JourneyMetrics
 from streams.timers import Rebuild, Timers
-from streams.writes import DirectTable, Partitioner, Writer
+from streams.writes import DirectTable, Partitioner, Writer, read_forwarded
 from tracker.core.identity import Identities, Link, links_of
 from tracker.core.journeys.customers import (
     Customers,
@@ -159,6 +161,7 @@ class JourneyAgents:
             results=self.sink,
             changes=self.changes_sink,
             forward_topic=self.journey_input.get_topic_name(),
+            forward_partition=self.partition_of,
             retry_max_seconds=settings.sink_retry_max_seconds,
         )
         self.cache = StateCache(STATES_CACHED)
@@ -370,7 +373,7 @@ class JourneyAgents:
         await self._changelog_metadata()  # ownership notices write the owners table
         now = now_ms()
         with collection.paused():
-            messages = [(e.message.key.decode(), orjson.loads(e.message.value)) for e in events]
+            messages = [m for e in events for m in read_forwarded(e.message.key, e.message.value)]
         async with self.lock:
             with collection.paused():
                 self.core.journey_input(messages, now)

@@ -8,7 +8,9 @@ them one after the other, each in this order:
 
 1. the result rows and signed changes to ClickHouse (``TableSink`` retries until written);
 2. the forwarded messages to the journey-input topic, delivered (a merged-away customer's history
-   is on its way before its tombstone is written);
+   is on its way before its tombstone is written): one Kafka message per partition holds that
+   partition's messages of the unit, in order (:func:`group_forwarded`), as faust's cost is per
+   Kafka message and most of these messages are a few touchpoints or a one-line notice;
 3. the states straight to their tables' changelog topics with the producer (not through faust's
    per-key table path and its producer buffer), delivered.
 
@@ -27,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.types import TP
@@ -44,7 +47,43 @@ from tracker.warehouse.sink import TableSink
 log = logging.getLogger(__name__)
 
 UNITS_QUEUED = 2  # units waiting for the writer; a third submit waits for the first to finish
+FORWARD_MESSAGE_BYTES = 256 * 1024  # of forwarded messages grouped into one Kafka message
 PARTITIONS_CACHED = 100_000  # keys whose partition is kept (murmur2 is pure Python)
+
+
+def group_forwarded(
+    forward: Sequence[tuple[bytes, bytes]],
+    partition_of: Callable[[bytes], int],
+    max_bytes: int = FORWARD_MESSAGE_BYTES,
+) -> list[tuple[int, bytes]]:
+    """Forwarded messages (key, JSON value) as Kafka messages of the journey-input topic:
+    (partition, JSON array of ``[key, message]`` pairs) in the order the pairs came within each
+    partition, at most ``max_bytes`` a message (a bigger pair goes alone). The partition is the
+    one Kafka's default partitioner gives the key: where the key's customer lives."""
+    groups: list[tuple[int, list[bytes]]] = []
+    filling: dict[int, tuple[list[bytes], list[int]]] = {}  # partition -> (its pairs, [bytes])
+    for key, value in forward:
+        partition = partition_of(key)
+        pair = b"[%b,%b]" % (orjson.dumps(key.decode()), value)
+        group = filling.get(partition)
+        if group is None or group[1][0] + len(pair) > max_bytes:
+            group = filling[partition] = ([], [0])
+            groups.append((partition, group[0]))
+        group[0].append(pair)
+        group[1][0] += len(pair) + 1
+    return [(partition, b"[" + b",".join(pairs) + b"]") for partition, pairs in groups]
+
+
+def read_forwarded(key: bytes | None, value: bytes) -> list[tuple[str, Any]]:
+    """The (key, message) pairs of one journey-input Kafka message: a group
+    (:func:`group_forwarded`), or one message under its Kafka key as a worker before grouping
+    wrote it (still in the topic after an upgrade)."""
+    data = orjson.loads(value)
+    if isinstance(data, list):
+        return [(str(k), m) for k, m in data]
+    if key is None:
+        raise ValueError("a journey-input message without a key")
+    return [(key.decode(), data)]
 
 
 class Partitioner:
@@ -165,12 +204,14 @@ class Writer:
         results: TableSink,
         changes: TableSink,
         forward_topic: str,
+        forward_partition: Callable[[bytes], int],
         retry_max_seconds: float,
     ) -> None:
         self.app = app
         self.results = results
         self.changes = changes
         self.forward_topic = forward_topic
+        self.forward_partition = forward_partition
         self.retry_max_seconds = retry_max_seconds
         self._queue: asyncio.Queue[Unit] = asyncio.Queue(maxsize=UNITS_QUEUED)
         self._task: asyncio.Task[None] | None = None
@@ -217,7 +258,8 @@ class Writer:
     async def _write(self, unit: Unit) -> None:
         await self.results.write(unit.rows)
         await self.changes.write(unit.changes)
-        await self._deliver([(self.forward_topic, key, value, None) for key, value in unit.forward])
+        grouped = group_forwarded(unit.forward, self.forward_partition)
+        await self._deliver([(self.forward_topic, None, value, p) for p, value in grouped])
         await self._deliver_states(unit.states)
 
     def store_delivered(self) -> None:
@@ -278,7 +320,7 @@ class Writer:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, self.retry_max_seconds)
 
-    async def _deliver(self, sends: Sequence[tuple[str, bytes, bytes, int | None]]) -> list[Any]:
+    async def _deliver(self, sends: Sequence[tuple[str, bytes | None, bytes, int]]) -> list[Any]:
         """Send in order and wait until each is acknowledged; what failed is sent again, in
         order, from the first failure on, with capped exponential backoff."""
         metas: list[Any] = []
