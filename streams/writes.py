@@ -61,16 +61,18 @@ def group_forwarded(
     partition, at most ``max_bytes`` a message (a bigger pair goes alone). The partition is the
     one Kafka's default partitioner gives the key: where the key's customer lives."""
     groups: list[tuple[int, list[bytes]]] = []
-    filling: dict[int, tuple[list[bytes], list[int]]] = {}  # partition -> (its pairs, [bytes])
+    filling: dict[int, list[bytes]] = {}  # partition -> the pairs of its last group
+    size: dict[int, int] = {}  # partition -> that group's bytes
     for key, value in forward:
         partition = partition_of(key)
         pair = b"[%b,%b]" % (orjson.dumps(key.decode()), value)
-        group = filling.get(partition)
-        if group is None or group[1][0] + len(pair) > max_bytes:
-            group = filling[partition] = ([], [0])
-            groups.append((partition, group[0]))
-        group[0].append(pair)
-        group[1][0] += len(pair) + 1
+        pairs = filling.get(partition)
+        if pairs is None or size[partition] + len(pair) > max_bytes:
+            pairs = filling[partition] = []
+            size[partition] = 0
+            groups.append((partition, pairs))
+        pairs.append(pair)
+        size[partition] += len(pair) + 1
     return [(partition, b"[" + b",".join(pairs) + b"]") for partition, pairs in groups]
 
 
