@@ -15,8 +15,10 @@ from tracker.bench.worker import (
     Shape,
     _poll_interval,
     _requests,
+    core_alone,
     fit,
 )
+from tracker.settings import Settings
 
 
 def _run(messages: int, batches: int, events: int) -> Measured:
@@ -65,3 +67,10 @@ def test_poll_interval_shrinks_as_the_run_nears_its_end() -> None:
     assert _poll_interval(0, 100_000, 1.0) == POLL_MIN_SECONDS
     assert _poll_interval(100_000, 100_000, 20.0) == POLL_MIN_SECONDS
     assert _poll_interval(99_999, 100_000, 20.0) == POLL_MIN_SECONDS
+
+
+def test_the_core_alone_works_every_customer_of_the_shape() -> None:
+    result = core_alone(Settings(), Shape("small", 2_000, 400, per_request=5))
+    # Every customer's events go through it at least once; never more batches than events.
+    assert 400 <= result["customer_batches"] <= 2_000
+    assert result["events_per_cpu_s"] > 0

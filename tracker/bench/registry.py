@@ -48,6 +48,10 @@ def worker_rows(result: dict[str, Any]) -> list[Row]:
             target=targets["bytes_per_open_instance"],
         ),
     ]
+    if "core_alone" in result:  # the worker's ceiling: its Python work without any I/O
+        figure = "worker's journey core alone: events per CPU second"
+        rows.append(Row(figure, result["core_alone"]["events_per_cpu_s"],
+                        target=targets["worker_events_per_s"]))  # fmt: skip
     if result.get("bytes_per_added_instance") is not None:
         figure = "worker bytes per instance, half open -> all open"
         rows.append(Row(figure, result["bytes_per_added_instance"]))

@@ -36,6 +36,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tracker import readyfile
 from tracker.bench.broker import start_kafka
 from tracker.collector.linger import partition_batches
+from tracker.core.journeys.customers import Customers, StateCache
+from tracker.core.journeys.definition import loads
+from tracker.core.journeys.engine import JourneyEngine, Touchpoint
 from tracker.core.touchpoint import record_key
 from tracker.kafka.client import ensure_topics
 from tracker.settings import Settings
@@ -403,6 +406,44 @@ def model_report(runs: list[Measured]) -> dict[str, Any]:
     return report
 
 
+CORE_BATCH_EVENTS = 5_000  # about what the worker's half-second batches hold in the main run
+
+
+def core_alone(settings: Settings, shape: Shape) -> dict[str, Any]:
+    """The journey core alone over ``shape``'s records, in this process: each record to a
+    touchpoint with its rule bits, grouped by customer, ``Customers.touchpoints`` and
+    ``commit`` per batch of :data:`CORE_BATCH_EVENTS`, the states kept in a dict. That is the
+    worker's per-event and per-customer Python work without Kafka, faust, RocksDB or ClickHouse:
+    the most a worker process running this core can do on this machine."""
+    from streams.journeys import STATES_CACHED  # the worker's cache of states as objects
+
+    engine = JourneyEngine(
+        loads(BENCH_JOURNEYS),
+        lateness_ms=86_400_000,  # as the worker runs here (TRACKER_ALLOWED_LATENESS=1d)
+        max_live_touchpoints=settings.journey_max_live_touchpoints,
+        max_state_bytes=settings.journey_max_state_bytes,
+    )
+    now_ms = int(time.time() * 1000)
+    records = [r for request in _requests(shape, now_ms, random.Random(7)) for r in request]
+    stored: dict[str, bytes] = {}
+    core = Customers(engine, state_bytes=stored.get, device_bytes=lambda _: None,
+                     owner_of=lambda _: None, cache=StateCache(STATES_CACHED))  # fmt: skip
+    batches = 0
+    began = time.process_time()
+    for i in range(0, len(records), CORE_BATCH_EVENTS):
+        by_device: dict[str, list[Touchpoint]] = {}
+        for record in records[i : i + CORE_BATCH_EVENTS]:
+            tp = Touchpoint.from_record(record)
+            tp.bits = engine.signature(tp)
+            by_device.setdefault(record["anonymous_id"], []).append(tp)
+        core.touchpoints(list(by_device.items()), {}, now_ms)
+        effects = core.commit()
+        stored.update(effects.states)
+        batches += effects.customer_batches
+    seconds = time.process_time() - began
+    return {"events_per_cpu_s": round(len(records) / seconds), "customer_batches": batches}
+
+
 def model_shapes(events: int) -> list[Shape]:
     """Runs that vary messages per event (old keyed shape vs linger) and batches per event (k)."""
     customers = max(1, events // 4)
@@ -481,6 +522,9 @@ def run(
             for r in runs
         ],
     }
+    result["core_alone"] = core = core_alone(settings, main)
+    print(f"journey core alone: {core['events_per_cpu_s']:,} events per CPU second "
+          f"({core['customer_batches']:,} customer batches)", flush=True)  # fmt: skip
     if len(runs) >= 3:
         result["model"] = model_report(runs)
     return result
