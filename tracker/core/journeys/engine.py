@@ -425,15 +425,15 @@ class JourneyEngine:
             for i in self._name_rules:
                 if self.rules[i].matches(tp):
                     bits |= 1 << i
-            maybe = [(i, self.rules[i]) for i in self._property_rules
+            maybe = [(1 << i, self.rules[i].matches_beyond_names) for i in self._property_rules
                      if self.rules[i].may_match(tp)]  # fmt: skip
             if len(self._by_name) >= SIGNATURES_CACHED:
                 self._by_name.clear()
             known = self._by_name[key] = (bits, maybe)
         bits, maybe = known
-        for i, rule in maybe:
-            if rule.matches(tp):
-                bits |= 1 << i
+        for bit, matches in maybe:
+            if matches(tp):
+                bits |= bit
         return bits
 
     def is_late(self, tp: Touchpoint, now: int) -> bool:

@@ -94,10 +94,20 @@ class Match:
 
     def matches(self, tp: Any) -> bool:
         """``tp`` is a :class:`~tracker.core.journeys.engine.Touchpoint`."""
-        if not self._names_match(tp):
-            return False
+        return self._names_match(tp) and self.matches_beyond_names(tp)
+
+    def matches_beyond_names(self, tp: Any) -> bool:
+        """``matches`` for a touchpoint whose type, event name and channel this match allows
+        (:meth:`may_match`): its path, properties and sub-matches. The rule bits of every
+        touchpoint go through here (``JourneyEngine.signature``), so no generators."""
         if self._path_re is not None and not self._path_re.match(tp.path):
             return False
-        if self.where and not all(c.holds(tp.properties) for c in self.where):
-            return False
-        return not self.any or any(m.matches(tp) for m in self.any)
+        for condition in self.where:
+            if not condition.holds(tp.properties):
+                return False
+        if not self.any:
+            return True
+        for m in self.any:
+            if m.matches(tp):
+                return True
+        return False
