@@ -435,8 +435,7 @@ def core_alone(settings: Settings, shape: Shape) -> dict[str, Any]:
     batches = 0
     thresholds = gc.get_threshold()
     gc.collect()
-    gc.freeze()
-    gc.set_threshold(collection.GC_YOUNG, 20, 2**31 - 1)
+    collection.tune_gc()
     began = time.process_time()
     try:
         for i in range(0, len(records), CORE_BATCH_EVENTS):

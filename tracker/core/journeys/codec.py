@@ -52,10 +52,11 @@ def tp_to_list(tp: Touchpoint) -> list[Any]:
     return [tp.t, tp.message_id, tp.event, tp.channel, tp.bits]
 
 
-def tps_from_lists(vs: list[list[Any]], new: Any = object.__new__) -> list[Touchpoint]:
+def tps_from_lists(vs: list[list[Any]]) -> list[Touchpoint]:
     """Touchpoints from their compact forms. A state's live history is built again on every
     load, so this sets the slots itself: half the time of calling the class with nine
     arguments (``tracker bench history``)."""
+    new = object.__new__
     tps = []
     for v in vs:
         tp = new(Touchpoint)
