@@ -31,11 +31,11 @@ from collections.abc import Container, Iterator
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 from streams.journey_metrics import JourneyMetrics
 from tracker.core.journeys.codec import load_counted, load_state, stored_deadline
 from tracker.core.journeys.engine import JourneyEngine
+from tracker.kafka.partitioner import partition_of
 
 _Read = tuple[list[tuple[bytes, bytes]], bytes | None]  # (key, value)s, the last key passed
 # A slice of a rebuild holds the journey lock for about this long (read CHUNK states at a time).
@@ -97,11 +97,6 @@ class Timers:
         while heap and heap[0] < bound and len(out) < most:
             out.add(heapq.heappop(heap)[8:].decode())
         return out
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner, which also files the tables' keys."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 class _Segment:

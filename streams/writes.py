@@ -40,7 +40,7 @@ from faust.exceptions import ProducerSendError
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from streams.timers import partition_of
+from tracker.kafka.partitioner import partition_of
 from tracker.warehouse.ingest import Encoded
 from tracker.warehouse.sink import TableSink
 
@@ -90,7 +90,7 @@ def read_forwarded(key: bytes | None, value: bytes) -> list[tuple[str, Any]]:
 
 class Partitioner:
     """The partition Kafka's default partitioner gives a key among ``partitions``: where a
-    table's write of that key goes. murmur2 is pure Python (about 3 µs a key), so the partitions
+    table's write of that key goes. murmur2 is pure Python (2-4 µs a key), so the partitions
     of up to :data:`PARTITIONS_CACHED` keys are kept; one instance serves every table, as a
     customer's key is looked up in several of them."""
 

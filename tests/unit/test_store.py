@@ -12,7 +12,7 @@ import faust
 import pytest
 
 from streams.store import MEMORY, SCHEME, KeyPartitionedStore
-from streams.timers import partition_of
+from tracker.kafka.partitioner import partition_of
 
 PARTITIONS = 4
 

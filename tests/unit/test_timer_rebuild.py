@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry
 from rocksdict import Rdict
 
 from streams.journey_metrics import JourneyMetrics
-from streams.timers import Rebuild, Timers, partition_of
+from streams.timers import Rebuild, Timers
 from tracker.core.journeys.codec import dump_state
 from tracker.core.journeys.engine import CustomerState, JourneyEngine, Touchpoint
+from tracker.kafka.partitioner import partition_of
 from tracker.metrics import Metrics
 
 from .test_journey_metrics import JOURNEYS

@@ -17,17 +17,17 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 from tracker.core.touchpoint import record_key
 from tracker.errors import UnavailableError
+from tracker.kafka.partitioner import murmur2
 
 if TYPE_CHECKING:
     from tracker.collector.publisher import Publisher
 
 MESSAGE_BYTES = 256 * 1024  # a record is at most max_message_bytes (32 KiB) plus its envelope
 WINDOW_BYTES = 2 * 1024 * 1024  # a linger window is sent at once when it holds this much
-HASH_CACHE = 200_000  # customer keys whose hash is remembered (murmur2 costs 6-12 µs in Python)
+HASH_CACHE = 200_000  # customer keys whose hash is remembered (murmur2 costs a few µs in Python)
 
 _hashes: dict[str, int] = {}
 
