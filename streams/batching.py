@@ -1,7 +1,11 @@
 """Batches of Kafka events for agents that write to ClickHouse.
 
 The agent iterates its stream event by event with acks disabled and hands full batches to a
-handler; a timer hands over what waited longer than ``max_seconds``. Events are acknowledged
+handler; a timer hands over what waited longer than ``max_seconds``, counted from when the first
+buffered message was written to Kafka (its timestamp) or, if that says less (a writer's clock
+ahead of this one), from when it was buffered: a worker that is behind hands over what it
+buffered at the next tick, instead of letting messages that already waited in Kafka wait
+``max_seconds`` more. Events are acknowledged
 only after the handler returned, so their offsets are committed only once their effects are
 written. The buffer holds at most ``max_events`` Kafka messages and ``max_bytes`` of their values
 (a message may carry hundreds of records): when it is full the agent waits for the flush, and
@@ -50,7 +54,8 @@ class Batcher:
         self.max_seconds = max_seconds
         self._stream: Any = None
         self._buffer: list[tuple[int, Any]] = []  # (generation, event)
-        self._since = 0.0
+        self._since = 0.0  # monotonic time the first buffered event was buffered
+        self._written = 0.0  # wall-clock time it was written to Kafka (its timestamp, seconds)
         self._flushing = asyncio.Lock()
         self._generation = 0
         # Handled batches not acknowledged yet, oldest first: (what to await, their events).
@@ -62,6 +67,7 @@ class Batcher:
         async for event in stream.noack().events():
             if not self._buffer:
                 self._since = time.monotonic()
+                self._written = event.message.timestamp or 0.0
             self._buffer.append((self._generation, event))
             self._bytes += len(event.message.value or b"")
             if len(self._buffer) >= self.max_events or self._bytes >= self.max_bytes:
@@ -69,10 +75,18 @@ class Batcher:
 
     async def tick(self) -> None:
         """Called from a timer: flush what has waited long enough; acknowledge what is written."""
-        if self._buffer and time.monotonic() - self._since >= self.max_seconds:
+        if self._buffer and self.waited() >= self.max_seconds:
             await self.flush()
         async with self._flushing:
             await self._ack_written(IN_FLIGHT, wait=False)
+
+    def waited(self) -> float:
+        """Seconds the oldest buffered message has waited: since it was written to Kafka, or
+        since it was buffered if that is longer (0 with nothing buffered)."""
+        if not self._buffer:
+            return 0.0
+        buffered = time.monotonic() - self._since
+        return max(buffered, time.time() - self._written) if self._written else buffered
 
     def revoke(self) -> None:
         """A rebalance: nothing received so far will be acknowledged."""

@@ -211,10 +211,10 @@ class JourneyAgents:
 
         interval = min(s.timer_interval, s.sink_max_seconds / 2)
 
-        @self.app.timer(interval)
-        async def flush() -> None:
-            for batcher in batchers:
-                await batcher.tick()
+        # A timer per batcher: a touchpoint batch that waits for the lock or the writer must not
+        # hold back the forwarded messages and identity links (a login's way to its journeys).
+        for batcher, name in zip(batchers, ("touchpoints", "journey_input", "links"), strict=True):
+            self.app.timer(interval, name=f"flush_{name}")(batcher.tick)
 
         # A timer of its own: a timer rebuild after a restart reads every state held, and raw
         # rows must not wait for it.

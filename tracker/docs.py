@@ -82,7 +82,8 @@ SETTINGS: dict[str, dict[str, str]] = {
         "worker_port": "the worker's port (`0` = any free port)",
         "sink_max_rows": "a ClickHouse batch closes at this many Kafka messages (or 8 MiB of "
         "them)...",
-        "sink_max_seconds": "...or after this many seconds",
+        "sink_max_seconds": "...or once its first message has waited this many seconds since it "
+        "was written to Kafka (checked every `min(TRACKER_TIMER_INTERVAL, this / 2)` seconds)",
         "sink_retry_max_seconds": "longest wait between retries of a failed ClickHouse write",
         "query_token": "bearer token every caller of the worker's `POST /query` must send; "
         "empty: `/query` answers loopback clients only",

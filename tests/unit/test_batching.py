@@ -4,6 +4,7 @@ acknowledges a batch only once its writes are done, in order."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -14,8 +15,9 @@ from streams.batching import Batcher
 class _Stream:
     """The part of a faust stream the Batcher uses: events without acks, and ack."""
 
-    def __init__(self, values: list[bytes]) -> None:
+    def __init__(self, values: list[bytes], written: float | None = None) -> None:
         self.values = values
+        self.written = written  # the messages' Kafka timestamp (seconds); None: now
         self.acked: list[Any] = []
 
     def noack(self) -> _Stream:
@@ -23,7 +25,9 @@ class _Stream:
 
     async def events(self) -> AsyncIterator[Any]:
         for offset, value in enumerate(self.values):
-            yield SimpleNamespace(message=SimpleNamespace(value=value, offset=offset))
+            written = time.time() if self.written is None else self.written
+            message = SimpleNamespace(value=value, offset=offset, timestamp=written)
+            yield SimpleNamespace(message=message)
 
     async def ack(self, event: Any) -> None:
         self.acked.append(event.message.offset)
@@ -132,3 +136,33 @@ async def test_a_failed_write_is_raised_and_nothing_after_it_is_acknowledged() -
     else:
         raise AssertionError("the failed write was not raised")
     assert stream.acked == []
+
+
+async def _handled_at_tick(written: float) -> list[int]:
+    handled: list[int] = []
+    batcher = Batcher(lambda events: _record(handled, events), max_events=10, max_seconds=30)
+    await asyncio.wait_for(batcher.consume(_Stream([b"a", b"b"], written)), timeout=5)
+    await batcher.tick()
+    return handled
+
+
+async def test_what_already_waited_in_kafka_is_handed_over_at_the_next_tick() -> None:
+    # Buffered just now, but written to Kafka longer ago than max_seconds: a worker behind.
+    assert await _handled_at_tick(time.time() - 31) == [0, 1]
+    # Written just now: it waits for max_seconds (here 30) as before.
+    assert await _handled_at_tick(time.time()) == []
+    # A writer's clock far ahead of this one's does not hold a batch past max_seconds either:
+    # the time since it was buffered counts then (see the next test for that bound).
+    assert await _handled_at_tick(time.time() + 3600) == []
+
+
+async def test_a_batch_waits_at_most_max_seconds_since_it_was_buffered() -> None:
+    handled: list[int] = []
+    batcher = Batcher(lambda events: _record(handled, events), max_events=10, max_seconds=0.05)
+    stream = _Stream([b"a"], written=time.time() + 3600)  # a clock an hour ahead
+    await asyncio.wait_for(batcher.consume(stream), timeout=5)
+    deadline = time.monotonic() + 5
+    while not handled and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        await batcher.tick()
+    assert handled == [0]
