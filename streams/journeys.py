@@ -199,6 +199,7 @@ class JourneyAgents:
 
     def _install(self) -> None:
         s = self.settings
+        interval = min(s.timer_interval, s.sink_max_seconds / 2)
         batchers = []
         for topic, name, handler in (
             (self.touchpoints, "journeys-ingest", self.on_touchpoints),
@@ -208,13 +209,9 @@ class JourneyAgents:
             batcher = Batcher(handler, max_events=s.sink_max_rows, max_seconds=s.sink_max_seconds)
             batchers.append(batcher)
             self.app.agent(topic, name=name)(batcher.consume)
-
-        interval = min(s.timer_interval, s.sink_max_seconds / 2)
-
-        # A timer per batcher: a touchpoint batch that waits for the lock or the writer must not
-        # hold back the forwarded messages and identity links (a login's way to its journeys).
-        for batcher, name in zip(batchers, ("touchpoints", "journey_input", "links"), strict=True):
-            self.app.timer(interval, name=f"flush_{name}")(batcher.tick)
+            # A flush timer per agent: a touchpoint batch that waits for the lock or the writer
+            # must not hold back forwarded messages and identity links (a login's way in).
+            self.app.timer(interval, name=f"{name}-flush")(batcher.tick)
 
         # A timer of its own: a timer rebuild after a restart reads every state held, and raw
         # rows must not wait for it.

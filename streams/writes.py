@@ -260,8 +260,7 @@ class Writer:
     async def _write(self, unit: Unit) -> None:
         await self.results.write(unit.rows)
         await self.changes.write(unit.changes)
-        grouped = group_forwarded(unit.forward, self.forward_partition)
-        await self._deliver([(self.forward_topic, None, value, p) for p, value in grouped])
+        await self._deliver(group_forwarded(unit.forward, self.forward_partition))
         await self._deliver_states(unit.states)
 
     def store_delivered(self) -> None:
@@ -322,18 +321,20 @@ class Writer:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, self.retry_max_seconds)
 
-    async def _deliver(self, sends: Sequence[tuple[str, bytes | None, bytes, int]]) -> list[Any]:
-        """Send in order and wait until each is acknowledged; what failed is sent again, in
-        order, from the first failure on, with capped exponential backoff."""
+    async def _deliver(self, sends: Sequence[tuple[int, bytes]]) -> None:
+        """Send (partition, value) to the journey-input topic in order and wait until each is
+        acknowledged; what failed is sent again, in order, from the first failure on, with
+        capped exponential backoff."""
+        topic = self.forward_topic
         metas: list[Any] = []
         delay = 0.1
         while len(metas) < len(sends):
             futures = []
             error: BaseException | None = None
             try:
-                for topic, key, value, partition in sends[len(metas) :]:
+                for partition, value in sends[len(metas) :]:
                     futures.append(
-                        await self.app.producer.send(topic, key, value, partition, None, None)
+                        await self.app.producer.send(topic, None, value, partition, None, None)
                     )
             except (KafkaError, ProducerSendError) as exc:
                 error = exc
@@ -351,4 +352,3 @@ class Writer:
                 )  # fmt: skip
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, self.retry_max_seconds)
-        return metas
