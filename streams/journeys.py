@@ -227,7 +227,7 @@ class JourneyAgents:
         async def revoked(app: Any, revoked: Any = None, **kwargs: Any) -> None:
             for batcher in batchers:
                 batcher.revoke()
-            self.cache.clear()  # recovery may replace the stored states
+            self.core.forget_cached()  # recovery may replace the stored states
             self.journey_metrics.reset()
             self.active = set()
             self.metrics.assigned_partitions.set(0)

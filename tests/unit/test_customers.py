@@ -144,3 +144,70 @@ def test_states_read_back_from_their_bytes_give_the_same_results() -> None:
     assert +held.total == +evicted.total
     assert {(type(r).__name__, r.customer) for r in +held.total} >= {("Conversion", "c0")}
     assert held.states == evicted.states
+
+
+class CountedTables(Tables):
+    """Tables that count the core's reads of device entries and owners."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    def core(self, engine: JourneyEngine, cache: Any) -> Customers:
+        def device(key: str) -> bytes | None:
+            self.reads["device"] += 1
+            return self.devices.get(key)
+
+        def owner(key: str) -> str | None:
+            self.reads["owner"] += 1
+            return self.owners.get(key)
+
+        return Customers(engine, state_bytes=self.states.get, device_bytes=device,
+                         owner_of=owner, cache=cache)  # fmt: skip
+
+
+def test_what_the_stores_already_answered_is_not_read_again_until_it_can_change() -> None:
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    tables = CountedTables()
+    core = tables.core(engine, StateCache(10))
+
+    def anonymous(t_min: float, mid: str, device: str = "d") -> Effects:
+        tp = Touchpoint.from_record(rec(t_min, mid, "Product Viewed", anon=device))
+        tp.bits = engine.signature(tp)
+        core.touchpoints([], {device: [tp]}, now=int(t_min * MIN))
+        fx = core.commit()
+        tables.write(fx)
+        return fx
+
+    def forwarded(fx: Effects) -> list[tuple[str, list[str]]]:
+        return [(key, [tp[1] for tp in msg["tps"]]) for key, msg in fx.forward]
+
+    anonymous(1, "a1")
+    anonymous(2, "a2")
+    # The device's entry and its owner were read once: it has no entry, and its state is held.
+    assert tables.reads == {"device": 1, "owner": 1}
+    # A login: the device notice gives it an entry, and its next touchpoint goes to the user.
+    core.journey_input(
+        [("d", {"kind": "device", "links": [[0, "i", "u"]], "shared": False})], now=3 * MIN
+    )
+    fx = core.commit()
+    tables.write(fx)
+    assert forwarded(fx) == [("u", ["a1"]), ("u", ["a2"])]
+    assert core.cache["d"].history == []  # moved out of the device's own customer
+    assert forwarded(anonymous(3, "a3")) == [("u", ["a3"])]
+    # An owner notice takes a held customer out of the cache, so its owner is read again.
+    tables.owners["u"] = "v"
+    core.journey_input([("u", {"kind": "owner", "owner": "v"})], now=4 * MIN)
+    tables.write(core.commit())
+    reads = tables.reads["owner"]
+    core.touchpoints([("u", [_tp(5, "u5", "Product Viewed", engine)])], {}, now=5 * MIN)
+    assert tables.reads["owner"] == reads + 1
+    assert core.commit().forward[0][0] == "v"
+    # Partitions changing hands: nothing held is trusted any more.
+    core.forget_cached()
+    anonymous(6, "e1", device="e")
+    anonymous(7, "e2", device="e")
+    before = tables.reads["device"]
+    core.forget_cached()
+    anonymous(8, "e3", device="e")
+    assert tables.reads["device"] == before + 1

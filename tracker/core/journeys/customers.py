@@ -49,6 +49,9 @@ Message = dict[str, Any]  # a journey-input message, as JSON
 # Kafka's default limit on a message is about 1 MB (faust's producer: 1,000,000 bytes; the
 # broker: 1,048,588). A state is never written above this: see Customers.commit.
 STATE_WRITE_MAX_BYTES = 900_000
+# Devices known to have no entry (never linked here), so their anonymous touchpoints skip the
+# store lookup; forgotten all at once past this many.
+UNLINKED_KNOWN = 100_000
 
 
 @dataclass
@@ -163,6 +166,16 @@ class Customers:
         self._dirty: dict[str, CustomerState] = {}
         self._gone: dict[str, int] = {}  # keys merged away in this batch -> their last version
         self._devices: dict[str, dict[str, Any]] = {}
+        # Devices whose entry was looked up and is absent. Only this class writes device
+        # entries (``_take_device``, which takes the device out of here), so the answer holds
+        # until the stores change under it: :meth:`forget_cached`.
+        self._unlinked: set[str] = set()
+
+    def forget_cached(self) -> None:
+        """Drop what is held of the stores (states as objects, devices known unlinked): the
+        partitions changed hands, and recovery may replace what is stored."""
+        self.cache.clear()
+        self._unlinked.clear()
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -352,6 +365,7 @@ class Customers:
     def _take_device(self, device: str, msg: Message, now: int) -> None:
         """Device ``device``'s links changed: move the anonymous touchpoints whose owner did."""
         entry = self._load_device(device)
+        self._unlinked.discard(device)
         if entry is None:
             # Its first links: what the device did so far is in its own customer's history.
             entry = {"p": {}}
@@ -378,6 +392,10 @@ class Customers:
     def _owner(self, key: str) -> str:
         if key in self._fx.owners:
             return self._fx.owners[key] or key
+        if key in self.cache:
+            # A state held as an object is its own customer's: an owner notice takes it out
+            # (``_take_owner``), and only those notices give an id another owner.
+            return key
         return self._owner_of(key) or key
 
     def _load(self, key: str) -> CustomerState | None:
@@ -415,8 +433,16 @@ class Customers:
         entry = self._devices.get(device)
         if entry is not None:
             return entry
+        if device in self._unlinked:
+            return None
         raw = self._device_bytes(device)
-        return orjson.loads(raw) if raw else None
+        if not raw:
+            if len(self._unlinked) >= UNLINKED_KNOWN:
+                self._unlinked.clear()
+            self._unlinked.add(device)
+            return None
+        stored: dict[str, Any] = orjson.loads(raw)
+        return stored
 
     def _apply(self, batch: dict[str, list[Touchpoint]], now: int) -> None:
         self._fx.customer_batches += len(batch)
