@@ -192,7 +192,7 @@ def test_what_the_stores_already_answered_is_not_read_again_until_it_can_change(
     )
     fx = core.commit()
     tables.write(fx)
-    assert forwarded(fx) == [("u", ["a1"]), ("u", ["a2"])]
+    assert forwarded(fx) == [("u", ["a1", "a2"])]  # one move for both
     assert core.cache["d"].history == []  # moved out of the device's own customer
     assert forwarded(anonymous(3, "a3")) == [("u", ["a3"])]
     # An owner notice takes a held customer out of the cache, so its owner is read again.

@@ -375,14 +375,20 @@ class Customers:
         entry["l"], entry["s"] = msg["links"], msg["shared"]
         self._prune(entry["p"], now)
         links = device_of(entry)
+        # One move per (from, to) pair: a move settles the customer it takes touchpoints from,
+        # so one per touchpoint settled a device's customer once for each of them at a login.
+        moves: dict[tuple[str, str], Message] = {}
         for mid, (raw, old) in sorted(entry["p"].items()):
-            (tp,) = tps_from_lists([raw])
-            new = links.user_at(tp.order) or device
+            new = links.user_at((raw[0], mid)) or device
             if new == old:
                 continue
             entry["p"][mid] = [raw, new]
             self._fx.moved += 1
-            self._move(old, device, {"kind": "move", "mids": [mid], "to": new, "tps": [raw]}, now)
+            move = moves.setdefault((old, new), {"kind": "move", "mids": [], "to": new, "tps": []})
+            move["mids"].append(mid)
+            move["tps"].append(raw)
+        for (old, _), move in moves.items():
+            self._move(old, device, move, now)
         if entry["s"]:  # shared for good: every anonymous touchpoint stays with the device now
             entry["p"] = {}
         self._devices[device] = entry
