@@ -14,6 +14,10 @@ group has committed the last one:
 - repeats: every pair once more, later (what a logged-in user's next events send).
 
 The baseline is a bare aiokafka consumer that reads and JSON-parses the same messages.
+
+Beside it, in this process, what a login costs the journey core on the device's partition:
+the device notice that moves a device's anonymous touchpoints to its user, for devices that
+sent 5, 20 and 100 of them first (:func:`login_moves`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tracker import readyfile
 from tracker.bench.broker import start_kafka
-from tracker.bench.worker import BENCH_JOURNEYS
+from tracker.bench.worker import BENCH_JOURNEYS, _record
+from tracker.core.journeys.customers import Customers, StateCache
+from tracker.core.journeys.definition import loads
+from tracker.core.journeys.engine import JourneyEngine, Touchpoint
 from tracker.kafka.client import ensure_topics
 from tracker.settings import Settings
 
@@ -98,6 +105,38 @@ async def baseline(bootstrap: str, topic: str, messages: int) -> float:
         await consumer.stop()
 
 
+def login_moves(sizes: tuple[int, ...] = (5, 20, 100), logins: int = 200) -> dict[int, float]:
+    """Microseconds of the journey core per login, by the anonymous touchpoints the device sent
+    before it: the device notice handled and its effects made (``Customers.journey_input`` and
+    ``commit``), the device's states and entries held in memory."""
+    import random
+
+    engine = JourneyEngine(loads(BENCH_JOURNEYS), lateness_ms=86_400_000)
+    now = int(time.time() * 1000)
+    rnd = random.Random(5)
+    out = {}
+    for n in sizes:
+        spent = 0.0
+        for i in range(logins):
+            stored: dict[str, bytes] = {}
+            devices: dict[str, bytes] = {}
+            core = Customers(engine, state_bytes=stored.get, device_bytes=devices.get,
+                             owner_of=lambda _: None, cache=StateCache(10))  # fmt: skip
+            tps = [Touchpoint.from_record(_record(i, k, now, rnd)) for k in range(n)]
+            for tp in tps:
+                tp.bits = engine.signature(tp)
+            device = f"visitor-{i}"
+            core.touchpoints([], {device: tps}, now)
+            stored.update(core.commit().states)
+            notice = {"kind": "device", "links": [[now - 3_600_000, "i", "u"]], "shared": False}
+            began = time.perf_counter()
+            core.journey_input([(device, notice)], now)
+            core.commit()
+            spent += time.perf_counter() - began
+        out[n] = round(spent / logins * 1e6, 1)
+    return out
+
+
 def _assigned(url: str) -> bool:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
         for line in resp.read().decode().splitlines():
@@ -151,6 +190,9 @@ def run(settings: Settings, *, links: int, timeout: float = 600.0) -> dict[str, 
         log.close()
         if kafka is not None:
             kafka.stop()
+    moves = login_moves()
+    for n, us in moves.items():
+        print(f"journey core: a login moving {n} anonymous touchpoints: {us:,.1f} us")
     new_rate, repeat_rate = links / seconds["new_pairs"], links / seconds["repeats"]
     base_rate = 2 * links / base
     return {
@@ -162,4 +204,5 @@ def run(settings: Settings, *, links: int, timeout: float = 600.0) -> dict[str, 
         "baseline_links_per_s": round(base_rate),
         "new_pair_ratio": round(new_rate / base_rate, 3),
         "repeat_ratio": round(repeat_rate / base_rate, 3),
+        "login_us_by_anonymous_touchpoints": moves,
     }

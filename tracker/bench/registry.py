@@ -137,6 +137,9 @@ def identity_rows(result: dict[str, Any]) -> list[Row]:
             base, result["new_pair_ratio"]),
         Row("identity agent: repeat links/s", result["repeat_links_per_s"], base,
             result["repeat_ratio"]),
+    ] + [
+        Row(f"journey core: us per login moving {n} touchpoints", us)
+        for n, us in result.get("login_us_by_anonymous_touchpoints", {}).items()
     ]  # fmt: skip
 
 
