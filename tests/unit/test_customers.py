@@ -211,3 +211,22 @@ def test_what_the_stores_already_answered_is_not_read_again_until_it_can_change(
     core.forget_cached()
     anonymous(8, "e3", device="e")
     assert tables.reads["device"] == before + 1
+
+
+def test_a_timer_of_a_customer_given_to_another_does_not_hold_its_state() -> None:
+    """The owner entry was written, the worker died before the tombstone: the state is live in
+    the store, its timer fires. It must not come back into the cache, or the key's own
+    touchpoints would stay here instead of going on to the owner."""
+    engine = JourneyEngine([SHOP], lateness_ms=LATENESS)
+    tables = Tables()
+    core = tables.core(engine, StateCache(10))
+    core.touchpoints([("k", [_tp(1, "k1", "Product Viewed", engine)])], {}, now=2 * MIN)
+    tables.write(core.commit())
+    core.forget_cached()  # the restart
+    tables.owners["k"] = "o"
+    core.settle_due(["k"], now=60 * MIN)  # past the browse timeout
+    fx = core.commit()
+    assert fx.changes == [] and fx.states == {}
+    assert "k" not in core.cache
+    core.touchpoints([("k", [_tp(61, "k2", "Product Added", engine)])], {}, now=61 * MIN)
+    assert [key for key, _ in core.commit().forward] == ["o"]

@@ -219,9 +219,15 @@ class Customers:
         self._apply(local, now)
 
     def settle_due(self, keys: Iterable[str], now: int) -> None:
-        """Customers whose deadline came (keys merged away meanwhile are skipped)."""
+        """Customers whose deadline came (keys merged away meanwhile are skipped).
+
+        A key that belongs to another customer is skipped even when its state is still live:
+        after a crash between an owner notice's owner entry and its tombstone, the notice comes
+        again and moves that state; until then it must not be held (see ``_owner``)."""
         self._now = now
         for key in keys:
+            if self._owner(key) != key:
+                continue
             state = self._load(key)
             if state is not None:
                 state.deadline = None  # its timer fired: a deadline still ahead is set again
