@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -109,8 +110,6 @@ def login_moves(sizes: tuple[int, ...] = (5, 20, 100), logins: int = 200) -> dic
     """Microseconds of the journey core per login, by the anonymous touchpoints the device sent
     before it: the device notice handled and its effects made (``Customers.journey_input`` and
     ``commit``), the device's states and entries held in memory."""
-    import random
-
     engine = JourneyEngine(loads(BENCH_JOURNEYS), lateness_ms=86_400_000)
     now = int(time.time() * 1000)
     rnd = random.Random(5)

@@ -20,7 +20,7 @@ import orjson
 
 from tracker.core.touchpoint import record_key
 from tracker.errors import UnavailableError
-from tracker.kafka.partitioner import murmur2
+from tracker.kafka.partitioner import positive_hash
 
 if TYPE_CHECKING:
     from tracker.collector.publisher import Publisher
@@ -33,12 +33,12 @@ _hashes: dict[str, int] = {}
 
 
 def key_hash(key: str) -> int:
-    """Kafka's default partitioner's hash of a key: murmur2, positive (Java's ``toPositive``)."""
+    """Kafka's default partitioner's hash of a key (``positive_hash``), remembered."""
     found = _hashes.get(key)
     if found is None:
         if len(_hashes) >= HASH_CACHE:
             _hashes.clear()
-        found = _hashes[key] = murmur2(key.encode()) & 0x7FFFFFFF
+        found = _hashes[key] = positive_hash(key.encode())
     return found
 
 

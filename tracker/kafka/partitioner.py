@@ -47,7 +47,12 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+def positive_hash(key: bytes) -> int:
+    """What Kafka's default partitioner takes modulo the partition count: murmur2 made positive
+    as Java's ``toPositive`` does."""
+    return murmur2(key) & 0x7FFFFFFF
+
+
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition of ``partitions`` Kafka's default partitioner gives ``key`` (its hash made
-    positive as Java's ``toPositive`` does)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    """The partition of ``partitions`` Kafka's default partitioner gives ``key``."""
+    return positive_hash(key) % partitions
