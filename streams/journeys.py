@@ -288,7 +288,7 @@ class JourneyAgents:
                 records = decode_records(message.value)
                 decoded = [(Touchpoint.from_record(r), str(r.get("user_id") or ""),
                             str(r.get("anonymous_id") or ""), r) for r in records]  # fmt: skip
-                rows.add(records, message.partition, message.offset)
+                rows.add(records, message.partition, message.offset, message.value)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.metrics.undecodable.inc()
                 log.warning(

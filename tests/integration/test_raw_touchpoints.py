@@ -101,7 +101,7 @@ async def write_both(
     await sink(old).write(python_rows(messages))
     block = TouchpointBlock()
     for partition, offset, records in messages:
-        block.add(records, partition, offset)
+        block.add(records, partition, offset, orjson.dumps(records))  # as the collector wrote it
     await sink(new).write(block.encode())
     read = f"SELECT {COLUMNS} FROM {{db}}.touchpoints ORDER BY message_id SETTINGS final = 0"
     return old.query(read.format(db="by_row")).rows, new.query(read.format(db="encoded")).rows

@@ -51,6 +51,23 @@ def test_only_the_last_copy_of_a_message_id_is_sent() -> None:
     assert (block.records, block.encode().rows) == (9, 4)
 
 
+def test_a_message_is_sent_as_written_unless_a_copy_in_it_is_superseded() -> None:
+    block = TouchpointBlock()
+    # Spaces orjson would not write tell the message's own text from records encoded again.
+    block.add([record("a"), record("b")], 0, 1, b"[ ]")  # its "b" is superseded below
+    block.add([record("c")], 0, 2, b'[ {"c": 1} ]')
+    block.add([record("b", event="last")], 0, 3, b'[ {"b": 1} ]')
+    block.add([record("d"), record("d", event="twice")], 0, 4, b'[ {"d": 2} ]')
+    block.add([record("e")], 0, 5, b'[\n{"e": 1}]')  # not one line: encoded again
+    body = block.encode().body.split(b"\n")
+    assert body[1] == b'{"kafka_partition":0,"kafka_offset":2,"records":[ {"c": 1} ]}'
+    assert body[2] == b'{"kafka_partition":0,"kafka_offset":3,"records":[ {"b": 1} ]}'
+    assert [r["message_id"] for r in orjson.loads(body[0])["records"]] == ["a"]
+    assert orjson.loads(body[3])["records"] == [record("d", event="twice")]
+    assert orjson.loads(body[4])["records"] == [record("e")]
+    assert len(body) == 6
+
+
 @pytest.mark.parametrize("name, value", [("properties", "text"), ("traits", None),
                                          ("context", ["a"])])  # fmt: skip
 def test_a_record_that_cannot_be_a_row_is_refused_with_its_message(name: str, value: Any) -> None:

@@ -1,7 +1,8 @@
 """Raw touchpoints as one pre-encoded insert per batch, without a Python row per touchpoint.
 
-The records of a Kafka message go to ClickHouse as they are, serialised with orjson in one call
-per message: one JSONEachRow line ``{"kafka_partition": p, "kafka_offset": o, "records": [...]}``
+The records of a Kafka message go to ClickHouse as they are, in the message's own JSON text
+(serialised again with orjson only where a copy in it is superseded): one JSONEachRow line
+``{"kafka_partition": p, "kafka_offset": o, "records": [...]}``
 per message, inserted into ``touchpoints_ingest``, a Null table. Its materialized view spreads
 each line into ``touchpoints`` rows (``ARRAY JOIN``) and maps the record's names to the table's
 (``event_time_ms`` is ``timestamp``, ``timestamp_ms`` is ``original_timestamp``, ...). Nested
@@ -85,30 +86,49 @@ class TouchpointBlock:
     """
 
     def __init__(self) -> None:
-        self._messages: list[tuple[int, int, Sequence[dict[str, Any]]]] = []
+        self._messages: list[tuple[int, int, Sequence[dict[str, Any]], bytes | None]] = []
         self._last: dict[Any, int] = {}  # message id -> index of the message with its last copy
+        self._superseded: set[int] = set()  # messages holding a copy that is not the last
         self.records = 0
 
-    def add(self, records: Sequence[dict[str, Any]], partition: int, offset: int) -> None:
-        """The records of one message; if one cannot be a row, ``ValueError`` and nothing added."""
+    def add(
+        self,
+        records: Sequence[dict[str, Any]],
+        partition: int,
+        offset: int,
+        text: bytes | None = None,
+    ) -> None:
+        """The records of one message; if one cannot be a row, ``ValueError`` and nothing added.
+
+        ``text``, the message's own JSON array of exactly these records on one line, is sent as
+        it is unless a copy in it is superseded: the collector wrote it with orjson, so
+        encoding the records again would give the same bytes, at a cost per record.
+        """
         ids = [r["message_id"] for r in records
                if _REQUIRED <= r.keys() and type(r["properties"]) is dict
                and type(r["traits"]) is dict and type(r["context"]) is dict]  # fmt: skip
         if len(ids) != len(records):
             raise ValueError(next(_refusal(r) for r in records if _refusal(r)))
         index = len(self._messages)
-        self._messages.append((partition, offset, records))
+        for earlier in self._last.keys() & ids:
+            self._superseded.add(self._last[earlier])
+        if len(set(ids)) != len(ids):
+            self._superseded.add(index)
+        if text is not None and b"\n" in text:
+            text = None  # one line per message
+        self._messages.append((partition, offset, records, text))
         self._last.update(zip(ids, repeat(index)))
         self.records += len(records)
 
     def encode(self) -> Encoded:
-        duplicates = len(self._last) != self.records
         lines = []
-        for index, (partition, offset, records) in enumerate(self._messages):
-            if duplicates:
-                records = self._last_copies(index, records)
+        for index, (partition, offset, records, text) in enumerate(self._messages):
+            if index in self._superseded:
+                text = orjson.dumps(self._last_copies(index, records))
+            elif text is None:
+                text = orjson.dumps(records)
             lines.append(b'{"kafka_partition":%d,"kafka_offset":%d,"records":%s}\n'
-                         % (partition, offset, orjson.dumps(records)))  # fmt: skip
+                         % (partition, offset, text))  # fmt: skip
         return Encoded("touchpoints_ingest", b"".join(lines), len(self._last))
 
     def _last_copies(self, index: int, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
