@@ -46,7 +46,7 @@ from tracker.warehouse.sink import TableSink
 
 log = logging.getLogger(__name__)
 
-UNITS_QUEUED = 2  # units waiting for the writer; a third submit waits for the first to finish
+UNITS_QUEUED = 8  # units waiting for the writer (a batch in flight each); one more waits
 FORWARD_MESSAGE_BYTES = 256 * 1024  # of forwarded messages grouped into one Kafka message
 PARTITIONS_CACHED = 100_000  # keys whose partition is kept (murmur2 is pure Python)
 

@@ -80,7 +80,7 @@ SETTINGS: dict[str, dict[str, str]] = {
         "app_id": "Faust app id = Kafka consumer group; workers with the same id share partitions",
         "worker_host": "where the worker's `/health`, `/metrics` and `/query` listen",
         "worker_port": "the worker's port (`0` = any free port)",
-        "sink_max_rows": "a ClickHouse batch closes at this many Kafka messages (or 8 MiB of "
+        "sink_max_rows": "a ClickHouse batch closes at this many Kafka messages (or 16 MiB of "
         "them)...",
         "sink_max_seconds": "...or once its first message has waited this many seconds since it "
         "was written to Kafka (checked every `min(TRACKER_TIMER_INTERVAL, this / 2)` seconds)",

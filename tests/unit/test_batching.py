@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-from streams.batching import Batcher
+from streams.batching import IN_FLIGHT, Batcher
 
 
 class _Stream:
@@ -106,22 +106,23 @@ async def test_a_batch_is_acknowledged_once_its_writes_are_done_and_in_order() -
     assert stream.acked == [0, 1]
 
 
-async def test_at_most_two_batches_wait_for_their_writes() -> None:
+async def test_at_most_in_flight_batches_wait_for_their_writes() -> None:
     writes = _Writes()
-    stream = _Stream([b"a", b"b", b"c"])
+    count = IN_FLIGHT + 1
+    stream = _Stream([b"%d" % i for i in range(count)])
     batcher = Batcher(writes.handler, max_events=1, max_seconds=60)
     consuming = asyncio.ensure_future(batcher.consume(stream))
-    while len(writes.futures) < 3:
+    while len(writes.futures) < count:
         writes.handled.clear()
         await asyncio.wait_for(writes.handled.wait(), timeout=5)
-    assert not consuming.done()  # the third batch waits for the first one's writes
+    assert not consuming.done()  # the last batch waits for the first one's writes
     writes.futures[0].set_result(None)
     await asyncio.wait_for(consuming, timeout=5)
     assert stream.acked == [0]
     for write in writes.futures[1:]:
         write.set_result(None)
     await batcher.drain()
-    assert stream.acked == [0, 1, 2]
+    assert stream.acked == list(range(count))
 
 
 async def test_a_failed_write_is_raised_and_nothing_after_it_is_acknowledged() -> None:
