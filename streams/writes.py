@@ -4,7 +4,8 @@ A batch's effects (``tracker.core.journeys.customers.Effects``) become a :class:
 rows, forwarded messages, and the new bytes of customer states and device entries (the identity
 agent's units: its table entries and device notices, as states and forwards). The agents
 submit units under their lock, so units are in the order the states changed; one task writes
-them one after the other, each in this order:
+them one after the other (the units queued while it wrote the last, together), each in this
+order:
 
 1. the result rows and signed changes to ClickHouse (``TableSink`` retries until written);
 2. the forwarded messages to the journey-input topic, delivered (a merged-away customer's history
@@ -42,7 +43,7 @@ from rocksdict import WriteBatch
 
 from tracker.kafka.partitioner import partition_of
 from tracker.warehouse.ingest import Encoded
-from tracker.warehouse.sink import TableSink
+from tracker.warehouse.sink import TableSink, merge_encoded
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,28 @@ class Unit:
     )
 
 
+def merged(units: Sequence[Unit]) -> Unit:
+    """The units queued together as one write, each part in their order: one insert per table,
+    the forwards in order, of each state the last. Written in the order of a unit, the rows of
+    all of them go before their forwards and states; the costs per write (two inserts, two
+    round trips to Kafka) are paid once, where a writer behind paid them for every unit."""
+    if len(units) == 1:
+        return units[0]
+    states: dict[tuple[int, bytes], tuple[DirectTable, bytes, bytes]] = {}
+    for unit in units:
+        for table, key, value in unit.states:
+            states[id(table), key] = (table, key, value)
+    return Unit(
+        merge_encoded([unit.rows for unit in units]),
+        merge_encoded([unit.changes for unit in units]),
+        [message for unit in units for message in unit.forward],
+        list(states.values()),
+    )
+
+
 class Writer:
-    """One task that writes units in the order they were submitted."""
+    """One task that writes units in the order they were submitted; the units queued when it
+    is free are written together (:func:`merged`)."""
 
     def __init__(
         self,
@@ -249,13 +270,17 @@ class Writer:
 
     async def _run(self) -> None:
         while True:
-            unit = await self._queue.get()
+            units = [await self._queue.get()]
+            while not self._queue.empty():
+                units.append(self._queue.get_nowait())
             try:
-                await self._write(unit)
+                await self._write(merged(units))
             except Exception as exc:  # a bug: the agent that waits on it crashes the worker
-                unit.done.set_exception(exc)
+                for unit in units:
+                    unit.done.set_exception(exc)
                 raise
-            unit.done.set_result(None)
+            for unit in units:
+                unit.done.set_result(None)
 
     async def _write(self, unit: Unit) -> None:
         await self.results.write(unit.rows)

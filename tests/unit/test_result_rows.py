@@ -6,10 +6,11 @@ tests/integration/test_result_rows.py writes them to chdb against Python rows.
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from tracker.core.journeys.results import DropOff, StageEntered
 from tracker.warehouse.schema import JOURNEY_RESULTS, RESULT_CHANGES
-from tracker.warehouse.sink import CHANGE_COLUMNS, RESULT_COLUMNS, ResultRows
+from tracker.warehouse.sink import CHANGE_COLUMNS, RESULT_COLUMNS, ResultRows, merge_encoded
 
 ENTERED = StageEntered("j", "c", "1000:m", "s", 1, 1_764_000_000_123, "m1", "web")
 DROPPED = DropOff("j", "c", "1000:m", "s", 1, 1_764_000_000_123, 1_764_000_060_123, False,
@@ -52,3 +53,22 @@ def test_a_withdrawal_after_its_new_value_does_not_replace_it() -> None:
 def test_an_empty_batch_encodes_to_nothing() -> None:
     results, changes = ResultRows().encode()
     assert (results.body, results.rows, changes.body, changes.rows) == (b"", 0, b"", 0)
+
+
+def test_inserts_merged_hold_every_row_in_order_as_one_encode_would() -> None:
+    first, second, empty = ResultRows(), ResultRows(), ResultRows()
+    first.add([(1, ENTERED, 4), (1, DROPPED, 4)])
+    second.add([(-1, ENTERED, 5)])
+    parts = [first.encode(), empty.encode(), second.encode()]
+    both = ResultRows()
+    both.add([(1, ENTERED, 4), (1, DROPPED, 4), (-1, ENTERED, 5)])
+    for i, expected in enumerate(both.encode()):
+        merged = merge_encoded([p[i] for p in parts])
+        assert (merged.body, merged.rows) == (expected.body, expected.rows)
+        assert (merged.table, merged.fmt, merged.settings) == (
+            expected.table, expected.fmt, expected.settings,
+        )  # fmt: skip
+    assert merge_encoded([empty.encode()[0]]).rows == 0
+    assert merge_encoded([first.encode()[0]]) == first.encode()[0]
+    with pytest.raises(ValueError, match="not inserts of journey_results"):
+        merge_encoded([first.encode()[0], second.encode()[1]])

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -146,6 +146,25 @@ class ResultRows:
 def _encoded(table: str, header: bytes, rows: list[list[Any]]) -> Encoded:
     body = b"%s%s}" % (header, orjson.dumps(rows)) if rows else b""
     return Encoded(table, body, len(rows), "JSONCompact", RESULT_SETTINGS)
+
+
+_HEADERS = {"journey_results": _RESULTS_HEADER, "journey_result_changes": _CHANGES_HEADER}
+
+
+def merge_encoded(parts: Sequence[Encoded]) -> Encoded:
+    """One insert of the rows of several :meth:`ResultRows.encode` inserts into the same table,
+    in their order, without encoding the rows again: each body is the header, the rows as one
+    JSON array, and ``}``."""
+    full = [part for part in parts if part.rows]
+    if len(full) < 2:
+        return full[0] if full else parts[0]
+    table = full[0].table
+    header = _HEADERS[table]
+    if any(part.table != table or not part.body.startswith(header) for part in full):
+        raise ValueError(f"not inserts of {table} as ResultRows encodes them")
+    rows = b",".join(part.body[len(header) + 1 : -2] for part in full)
+    return Encoded(table, b"%s[%s]}" % (header, rows), sum(p.rows for p in full), "JSONCompact",
+                   RESULT_SETTINGS)  # fmt: skip
 
 
 class TableSink:
