@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tracker import readyfile
 from tracker.bench.broker import start_kafka
-from tracker.bench.worker import BENCH_JOURNEYS, _record
+from tracker.bench.worker import BENCH_JOURNEYS, bench_record
 from tracker.core.journeys.customers import Customers, StateCache
 from tracker.core.journeys.definition import loads
 from tracker.core.journeys.engine import JourneyEngine, Touchpoint
@@ -121,7 +121,7 @@ def login_moves(sizes: tuple[int, ...] = (5, 20, 100), logins: int = 200) -> dic
             devices: dict[str, bytes] = {}
             core = Customers(engine, state_bytes=stored.get, device_bytes=devices.get,
                              owner_of=lambda _: None, cache=StateCache(10))  # fmt: skip
-            tps = [Touchpoint.from_record(_record(i, k, now, rnd)) for k in range(n)]
+            tps = [Touchpoint.from_record(bench_record(i, k, now, rnd)) for k in range(n)]
             for tp in tps:
                 tp.bits = engine.signature(tp)
             device = f"visitor-{i}"

@@ -59,7 +59,7 @@ journeys:
 EVENTS = ["Product Viewed", "Page Loaded", "Products Searched", "Product Added", "FAQ Viewed"]
 
 
-def _record(customer: int, i: int, now_ms: int, rnd: random.Random) -> dict[str, Any]:
+def bench_record(customer: int, i: int, now_ms: int, rnd: random.Random) -> dict[str, Any]:
     event = "Product Viewed" if i == 0 else rnd.choice(EVENTS[1:])
     t = now_ms - rnd.randint(0, 600_000)
     return {
@@ -102,7 +102,7 @@ def _requests(shape: Shape, now_ms: int, rnd: random.Random) -> Iterator[list[di
         return picked - 1 if picked <= shape.customers else rnd.randrange(shape.customers)
 
     def events(c: int, n: int) -> list[dict[str, Any]]:
-        out = [_record(c, counters[c] + k, now_ms, rnd) for k in range(n)]
+        out = [bench_record(c, counters[c] + k, now_ms, rnd) for k in range(n)]
         counters[c] += n
         return out
 
